@@ -1,0 +1,140 @@
+"""Command line for `python -m core.train`: flags are generated from TrainConfig, so defaults live in one place."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+from core.config import ConfigError, TrainConfig, recipe
+from core.data import DataError, load_mnist
+from core.runs import RunStore, StoreError
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 1, 2, 3
+FIELD_HELP = {
+    "model": "model variant (python -m core.models lists them)",
+    "lr": "learning rate (peak lr for onecycle)",
+    "dropout": "dropout rate; default: the model's own",
+    "train_limit": "train on the first N images only (0 = all)",
+    "test_limit": "test on the first N images only (0 = all)",
+    "device": "auto = CUDA when present, else CPU with all cores",
+    "augment": "random rotation/shift/zoom of each training batch",
+}
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m core.train",
+        description="Train an MNIST variant; every run is recorded in the run store.",
+        epilog="Exit status: 0 finished, 1 failed, 2 bad input, 3 stopped (Ctrl-C or a stop request).",
+    )
+    defaults = TrainConfig()
+    g = p.add_argument_group("training config (defaults: the seed's Model3 recipe)")
+    for f in dataclasses.fields(TrainConfig):
+        default = getattr(defaults, f.name)
+        kind = _bool if isinstance(default, bool) else (float if f.name == "dropout" else type(default))
+        g.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=kind,
+            default=None,  # None = not given, so a recipe's value is kept
+            metavar=kind.__name__.lstrip("_").upper(),
+            help=f"{FIELD_HELP.get(f.name, '')} (default: {default})".strip(),
+        )
+    p.add_argument("--recipe", choices=("seed", "reference"), default=None,
+                   help="start from the model's seed recipe or its reference (tuned) recipe; flags then override")
+    p.add_argument("--data", default=None, help="MNIST root holding MNIST/raw/ (default: $MNIST_ROOT, else ./data)")
+    p.add_argument("--runs", default=None, help="run store: database URL or SQLite file (default: $MNIST_LAB_DB, else runs/runs.db)")
+    p.add_argument("--run-id", type=int, default=None, help="train (or resume) this existing run from the store")
+    p.add_argument("--label", default="", help="a name to show for the run in the dashboard")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, only the per-epoch lines")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    model = given.get("model", TrainConfig.model)
+    if args.recipe:
+        return recipe(model, args.recipe, **given)
+    return TrainConfig.from_dict(given)
+
+
+def format_epoch(r, epochs: int) -> str:
+    return (
+        f"epoch {r.epoch:>2}/{epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:6.2f}%  "
+        f"test loss {r.test_loss:.4f} acc {r.test_acc:6.2f}%  lr {r.lr:.5f}  {r.seconds:5.1f}s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from core.worker import execute_run  # imported late so --help answers fast
+
+    def fail(msg: str, code: int) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return code
+
+    try:
+        store = RunStore(args.runs)
+        if args.run_id is not None:
+            explicit = [f.name for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None]
+            if explicit or args.recipe:
+                return fail(f"--run-id takes its config from the store; drop {', '.join(explicit) or '--recipe'}", EXIT_BAD_INPUT)
+            run_id = args.run_id
+            config = store.get(run_id).config
+        else:
+            config = config_from_args(args)
+            load_mnist(args.data)  # a missing dataset is bad input: refuse before recording a run
+            run_id = store.create_run(config, label=args.label)
+    except (ConfigError, StoreError, DataError) as e:
+        return fail(str(e), EXIT_BAD_INPUT)
+
+    print(f"run {run_id} in {store.safe_url}\nconfig {config.to_json()}", flush=True)
+    bar = None
+    use_bar = not args.quiet and sys.stderr.isatty()
+
+    def on_batch(done: int, total: int) -> None:
+        nonlocal bar
+        if not use_bar:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, leave=False, unit="batch", dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    def on_epoch(r) -> None:
+        nonlocal bar
+        if bar is not None:
+            bar.close()
+            bar = None
+        print(format_epoch(r, config.epochs), flush=True)
+
+    t0 = time.perf_counter()
+    try:
+        status = execute_run(run_id, store.url, args.data, on_epoch=on_epoch, on_batch=on_batch)
+    except (DataError, StoreError) as e:
+        return fail(str(e), EXIT_BAD_INPUT)
+    finally:
+        if bar is not None:
+            bar.close()
+    run = store.get(run_id)
+    wall = time.perf_counter() - t0
+    if status == "failed":
+        return fail(f"run {run_id} failed: {run.error}", EXIT_FAILED)
+    epochs = store.epochs(run_id)
+    if epochs:
+        best = max(epochs, key=lambda e: e["test_acc"])
+        print(f"{status}: run {run_id}, best test acc {best['test_acc']:.2f}% at epoch {best['epoch']}, wall time {wall:.1f}s")
+    else:
+        print(f"{status}: run {run_id}, no epoch finished, wall time {wall:.1f}s")
+    return EXIT_STOPPED if status == "stopped" else 0

@@ -1,0 +1,395 @@
+"""The run store: runs, their per-epoch metrics and their checkpoints, behind one database URL.
+
+Default: a SQLite file (runs/runs.db, WAL mode so readers never block the training writer), with
+checkpoints as files in a folder per run next to it. Any other SQLAlchemy URL (postgresql://...)
+keeps checkpoints as binary rows in the same database, so workers need no shared disk.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+import torch
+
+from core.config import TrainConfig
+
+STATUSES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
+ACTIVE = ("queued", "running")
+HEARTBEAT_TIMEOUT = 120.0  # seconds without a heartbeat before a run on another host counts as interrupted
+
+metadata = sa.MetaData()
+runs_table = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("config", sa.Text, nullable=False),  # TrainConfig as JSON
+    sa.Column("label", sa.String(200), nullable=False, server_default=""),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),  # unix seconds
+    sa.Column("started_at", sa.Float),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("heartbeat", sa.Float),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("stop_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),  # epochs finished
+    sa.Column("batch", sa.Integer, nullable=False, server_default="0"),  # batches done in the current epoch
+    sa.Column("batches_per_epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("params", sa.Integer),
+    sa.Column("best_test_acc", sa.Float),
+    sa.Column("sweep", sa.String(64)),  # sweep id when the run is a sweep trial
+)
+epochs_table = sa.Table(
+    "epochs",
+    metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("epoch", sa.Integer, primary_key=True),  # 1-based
+    sa.Column("train_loss", sa.Float),
+    sa.Column("train_acc", sa.Float),
+    sa.Column("test_loss", sa.Float),
+    sa.Column("test_acc", sa.Float),
+    sa.Column("lr", sa.Float),
+    sa.Column("seconds", sa.Float),
+)
+checkpoints_table = sa.Table(
+    "checkpoints",
+    metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+sa.Index("runs_status", runs_table.c.status)
+sa.Index("runs_sweep", runs_table.c.sweep)
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or a run/checkpoint is missing or unreadable."""
+
+
+@dataclass
+class Run:
+    id: int
+    model: str
+    config: TrainConfig
+    label: str
+    status: str
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    heartbeat: float | None
+    host: str | None
+    pid: int | None
+    error: str | None
+    stop_requested: bool
+    epoch: int
+    batch: int
+    batches_per_epoch: int
+    params: int | None
+    best_test_acc: float | None
+    sweep: str | None
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the whole run done, 0..1, for a progress bar."""
+        per = self.batch / self.batches_per_epoch if self.batches_per_epoch else 0.0
+        return min(1.0, (self.epoch + per) / max(1, self.config.epochs))
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+
+def default_url() -> str:
+    """$MNIST_LAB_DB, else a SQLite file runs/runs.db in the project."""
+    return os.environ.get("MNIST_LAB_DB") or f"sqlite:///{Path(__file__).resolve().parent.parent / 'runs' / 'runs.db'}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class RunStore:
+    """All reads and writes of runs. Safe to share between threads; one per process is enough."""
+
+    def __init__(self, url: str | None = None):
+        url = url or default_url()
+        if "://" not in url:  # a bare path means a SQLite file
+            url = f"sqlite:///{Path(url).expanduser().resolve()}"
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = sa.engine.make_url(url).database
+            if not path or path == ":memory:":
+                raise StoreError("the run store needs a SQLite file, not an in-memory database")
+            self.folder = Path(path).resolve().parent
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.engine = sa.create_engine(url, connect_args={"timeout": 30})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.folder = None
+            self.engine = sa.create_engine(url, pool_pre_ping=True)
+        try:
+            metadata.create_all(self.engine)
+        except sa.exc.OperationalError as e:
+            raise StoreError(f"cannot open the run store at {self.safe_url}: {e.orig}") from None
+
+    @property
+    def safe_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    # ---- runs -------------------------------------------------------------------------------
+    def create_run(self, config: TrainConfig, label: str = "", sweep: str | None = None) -> int:
+        from core.models import build_model, count_parameters
+
+        config.validate()
+        params = count_parameters(build_model(config.model, config.dropout))
+        with self.engine.begin() as c:
+            res = c.execute(
+                runs_table.insert().values(
+                    model=config.model,
+                    config=config.to_json(),
+                    label=label,
+                    status="queued",
+                    created_at=time.time(),
+                    params=params,
+                    sweep=sweep,
+                )
+            )
+            return int(res.inserted_primary_key[0])
+
+    def get(self, run_id: int) -> Run:
+        self.reconcile()
+        with self.engine.connect() as c:
+            row = c.execute(runs_table.select().where(runs_table.c.id == run_id)).mappings().first()
+        if row is None:
+            raise StoreError(f"no run {run_id} in {self.safe_url}")
+        return _run(row)
+
+    def list_runs(self, status: str | None = None, sweep: str | None = None, limit: int | None = None) -> list[Run]:
+        """Newest first."""
+        self.reconcile()
+        q = runs_table.select().order_by(runs_table.c.id.desc())
+        if status:
+            q = q.where(runs_table.c.status == status)
+        if sweep:
+            q = q.where(runs_table.c.sweep == sweep)
+        if limit:
+            q = q.limit(limit)
+        with self.engine.connect() as c:
+            return [_run(r) for r in c.execute(q).mappings()]
+
+    def update(self, run_id: int, **values) -> None:
+        with self.engine.begin() as c:
+            c.execute(runs_table.update().where(runs_table.c.id == run_id).values(**values))
+
+    def claim(self, run_id: int, pid: int, max_running: int | None = None) -> bool:
+        """Mark a queued/interrupted/stopped run as running by this process. With max_running, only when
+        fewer runs than that are running on this host (a local queue). Atomic: one UPDATE."""
+        host = socket.gethostname()
+        cond = sa.and_(runs_table.c.id == run_id, runs_table.c.status.in_(("queued", "interrupted", "stopped")))
+        if max_running is not None:
+            running = (
+                sa.select(sa.func.count())
+                .select_from(runs_table)
+                .where(runs_table.c.status == "running", runs_table.c.host == host)
+                .scalar_subquery()
+            )
+            cond = sa.and_(cond, running < max_running)
+        now = time.time()
+        with self.engine.begin() as c:
+            res = c.execute(
+                runs_table.update()
+                .where(cond)
+                .values(status="running", pid=pid, host=host, started_at=now, heartbeat=now, ended_at=None, error=None)
+            )
+        return res.rowcount == 1
+
+    def finish(self, run_id: int, status: str, error: str | None = None) -> None:
+        assert status in STATUSES
+        self.update(run_id, status=status, ended_at=time.time(), error=error, stop_requested=False)
+
+    def request_stop(self, run_id: int) -> None:
+        """Ask a run to stop; a queued run that has not started is stopped at once."""
+        with self.engine.begin() as c:
+            c.execute(
+                runs_table.update()
+                .where(runs_table.c.id == run_id, runs_table.c.status == "queued", runs_table.c.started_at.is_(None))
+                .values(status="stopped", ended_at=time.time())
+            )
+            c.execute(
+                runs_table.update()
+                .where(runs_table.c.id == run_id, runs_table.c.status.in_(ACTIVE))
+                .values(stop_requested=True)
+            )
+
+    def stop_requested(self, run_id: int) -> bool:
+        with self.engine.connect() as c:
+            return bool(c.execute(sa.select(runs_table.c.stop_requested).where(runs_table.c.id == run_id)).scalar())
+
+    def reconcile(self) -> int:
+        """Mark as interrupted the running runs whose process is gone: by pid on this host, by heartbeat
+        elsewhere. Returns how many were marked."""
+        host = socket.gethostname()
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(runs_table.c.id, runs_table.c.pid, runs_table.c.host, runs_table.c.heartbeat).where(
+                    runs_table.c.status == "running"
+                )
+            ).all()
+        dead = [
+            r.id
+            for r in rows
+            if (r.host == host and r.pid and not _pid_alive(r.pid))
+            or (r.host != host and (r.heartbeat or 0) < time.time() - HEARTBEAT_TIMEOUT)
+        ]
+        if dead:
+            with self.engine.begin() as c:
+                c.execute(
+                    runs_table.update()
+                    .where(runs_table.c.id.in_(dead), runs_table.c.status == "running")
+                    .values(status="interrupted", ended_at=time.time(), error="the training process died before finishing")
+                )
+        return len(dead)
+
+    def delete_run(self, run_id: int) -> None:
+        with self.engine.begin() as c:
+            for t in (epochs_table, checkpoints_table):
+                c.execute(t.delete().where(t.c.run_id == run_id))
+            c.execute(runs_table.delete().where(runs_table.c.id == run_id))
+        if self.folder:
+            for f in self.run_dir(run_id).glob("*"):
+                f.unlink()
+
+    # ---- epochs -----------------------------------------------------------------------------
+    def add_epoch(self, run_id: int, result) -> None:
+        """Record one finished epoch (an EpochResult) and the run's progress, in one transaction."""
+        with self.engine.begin() as c:
+            c.execute(
+                epochs_table.insert().values(
+                    run_id=run_id,
+                    epoch=result.epoch,
+                    train_loss=result.train_loss,
+                    train_acc=result.train_acc,
+                    test_loss=result.test_loss,
+                    test_acc=result.test_acc,
+                    lr=result.lr,
+                    seconds=result.seconds,
+                )
+            )
+            best = c.execute(
+                sa.select(sa.func.max(epochs_table.c.test_acc)).where(epochs_table.c.run_id == run_id)
+            ).scalar()
+            c.execute(
+                runs_table.update()
+                .where(runs_table.c.id == run_id)
+                .values(epoch=result.epoch, batch=0, best_test_acc=best, heartbeat=time.time())
+            )
+
+    def epochs(self, run_id: int) -> list[dict]:
+        with self.engine.connect() as c:
+            q = epochs_table.select().where(epochs_table.c.run_id == run_id).order_by(epochs_table.c.epoch)
+            return [dict(r) for r in c.execute(q).mappings()]
+
+    def epochs_of(self, run_ids: list[int]) -> dict[int, list[dict]]:
+        """Per-epoch rows of many runs in one query (for Compare)."""
+        out: dict[int, list[dict]] = {i: [] for i in run_ids}
+        with self.engine.connect() as c:
+            q = (
+                epochs_table.select()
+                .where(epochs_table.c.run_id.in_(run_ids))
+                .order_by(epochs_table.c.run_id, epochs_table.c.epoch)
+            )
+            for r in c.execute(q).mappings():
+                out[r["run_id"]].append(dict(r))
+        return out
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def run_dir(self, run_id: int) -> Path:
+        assert self.folder is not None
+        return self.folder / str(run_id)
+
+    def save_checkpoint(self, run_id: int, name: str, state: dict) -> None:
+        """Write atomically: a reader sees the old checkpoint or the new one, never half of one."""
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+        if self.folder:
+            d = self.run_dir(run_id)
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / f".{name}.pt.tmp{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, d / f"{name}.pt")
+            return
+        with self.engine.begin() as c:  # one transaction: delete + insert is atomic to readers
+            t = checkpoints_table
+            c.execute(t.delete().where(t.c.run_id == run_id, t.c.name == name))
+            c.execute(t.insert().values(run_id=run_id, name=name, data=data, updated_at=time.time()))
+
+    def has_checkpoint(self, run_id: int, name: str) -> bool:
+        if self.folder:
+            return (self.run_dir(run_id) / f"{name}.pt").is_file()
+        t = checkpoints_table
+        with self.engine.connect() as c:
+            return c.execute(sa.select(t.c.name).where(t.c.run_id == run_id, t.c.name == name)).first() is not None
+
+    def load_checkpoint(self, run_id: int, name: str = "best") -> dict:
+        if self.folder:
+            path = self.run_dir(run_id) / f"{name}.pt"
+            if not path.is_file():
+                raise StoreError(f"run {run_id} has no '{name}' checkpoint ({path})")
+            data = path.read_bytes()
+            where = str(path)
+        else:
+            t = checkpoints_table
+            with self.engine.connect() as c:
+                data = c.execute(sa.select(t.c.data).where(t.c.run_id == run_id, t.c.name == name)).scalar()
+            if data is None:
+                raise StoreError(f"run {run_id} has no '{name}' checkpoint")
+            where = f"run {run_id}/{name}"
+        return load_state_bytes(data, where)
+
+
+def load_state_bytes(data: bytes, where: str) -> dict:
+    """torch.load with weights_only=True, turning a corrupt file into one clear StoreError."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise StoreError(f"checkpoint {where} is corrupt or not a checkpoint of this lab ({type(e).__name__})") from None
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _run(row) -> Run:
+    d = dict(row)
+    d["config"] = TrainConfig.from_dict(json.loads(d["config"]))
+    d["stop_requested"] = bool(d["stop_requested"])
+    return Run(**d)
