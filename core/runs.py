@@ -141,8 +141,9 @@ class RunStore:
             path = sa.engine.make_url(url).database
             if not path or path == ":memory:":
                 raise StoreError("the run store needs a SQLite file, not an in-memory database")
-            self.folder = Path(path).resolve().parent
-            self.folder.mkdir(parents=True, exist_ok=True)
+            db = Path(path).resolve()
+            db.parent.mkdir(parents=True, exist_ok=True)
+            self.folder = db.parent / f"{db.stem}.checkpoints"  # one sub-folder per run
             self.engine = sa.create_engine(url, connect_args={"timeout": 30})
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:

@@ -96,7 +96,10 @@ def execute_run(
     try:
         trainer = Trainer(run.config, load_mnist(data_root))
         if store.has_checkpoint(run_id, "last"):
-            trainer.load_state_dict(store.load_checkpoint(run_id, "last"))
+            state = store.load_checkpoint(run_id, "last")
+            if state["config"] != run.config.to_json():
+                raise StoreError(f"run {run_id}'s last checkpoint was made with another config; delete it to restart")
+            trainer.load_state_dict(state)
             log(f"resuming run {run_id} after epoch {trainer.epochs_done}")
         with store.engine.begin() as c:  # epochs past the checkpoint were not saved with it: redo them
             c.execute(epochs_table.delete().where(epochs_table.c.run_id == run_id, epochs_table.c.epoch > trainer.epochs_done))
