@@ -84,8 +84,8 @@ def ensure_mnist(root: Path) -> None:
     if missing:
         raise DataError(
             f"MNIST not found in {raw_dir(root).resolve()}{download_error}. Missing: {', '.join(missing)}. "
-            "Set MNIST_ROOT (or pass --data) to a folder holding MNIST/raw/ with the four IDX files: "
-            + ", ".join(FILES.values())
+            "Set MNIST_ROOT (or pass --data) to a folder holding MNIST/raw/ with those four IDX files "
+            "(torchvision's layout, uncompressed)."
         )
 
 

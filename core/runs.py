@@ -142,7 +142,10 @@ class RunStore:
             if not path or path == ":memory:":
                 raise StoreError("the run store needs a SQLite file, not an in-memory database")
             db = Path(path).resolve()
-            db.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create the run store folder {db.parent}: {e.strerror}") from None
             self.folder = db.parent / f"{db.stem}.checkpoints"  # one sub-folder per run
             self.engine = sa.create_engine(url, connect_args={"timeout": 30})
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)

@@ -1,0 +1,56 @@
+"""Shared fixtures: synthetic IDX datasets written to disk, a temp run store, the real MNIST root."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.data import FILES, raw_dir  # noqa: E402
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (magic 0x0803 for 3-d images, 0x0801 for 1-d labels)."""
+    magic = {3: 0x00000803, 1: 0x00000801}[array.ndim]
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def make_synthetic_mnist(root: Path, n_train: int = 512, n_test: int = 128, seed: int = 0) -> Path:
+    """A learnable toy MNIST in torchvision's layout: class k is a bright bar at row 2k+4 plus noise."""
+    rng = np.random.default_rng(seed)
+    raw = raw_dir(root)
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2 * k + 4 : 2 * k + 7, 4:24] = 255
+        write_idx(raw / FILES[split, "images"], images)
+        write_idx(raw / FILES[split, "labels"], labels)
+    return root
+
+
+@pytest.fixture
+def synthetic_root(tmp_path: Path) -> Path:
+    return make_synthetic_mnist(tmp_path / "mnist")
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'runs' / 'runs.db'}"
+
+
+@pytest.fixture
+def mnist_root() -> Path:
+    """The real MNIST (slow tests): $MNIST_ROOT must hold MNIST/raw/ with the four files."""
+    root = os.environ.get("MNIST_ROOT")
+    if not root or not all((raw_dir(Path(root)) / f).is_file() for f in FILES.values()):
+        pytest.skip("real MNIST not found: set MNIST_ROOT to a folder holding MNIST/raw/")
+    return Path(root)

@@ -1,0 +1,85 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from core.architecture import receptive_field_table
+from core.models import MODELS, FastDropout, build_model, count_parameters
+
+SEED_MODEL3_TABLE = [  # (block, output HxWxC, receptive field) from shared/SEED.md
+    ("convblock1", (8, 26, 26), 3),
+    ("convblock2", (12, 24, 24), 5),
+    ("convblock3", (8, 24, 24), 5),
+    ("pool1", (8, 12, 12), 6),
+    ("convblock4", (12, 10, 10), 10),
+    ("convblock5", (12, 8, 8), 14),
+    ("convblock6", (12, 6, 6), 18),
+    ("convblock7", (12, 4, 4), 22),
+]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_variant_maps_a_batch_to_ten_logits(name):
+    model = build_model(name)
+    assert model(torch.randn(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_parameter_budgets():
+    params = {name: count_parameters(build_model(name)) for name in MODELS}
+    assert 150_000 <= params["Model1"] <= 250_000
+    for name in ("Model2", "Model2b", "Model2c", "Model3"):
+        assert params[name] < 8_000, (name, params[name])
+    assert params["Tiny4k"] < 5_000
+
+
+def test_model3_receptive_field_matches_seed_table():
+    rows = receptive_field_table(build_model("Model3"))
+    got = [(r.name, r.out_shape, r.rf) for r in rows[: len(SEED_MODEL3_TABLE)]]
+    assert got == SEED_MODEL3_TABLE
+    gap = rows[len(SEED_MODEL3_TABLE)]
+    # The seed's GAP row repeats 22; averaging all 4x4 positions (jump 2) actually sees 22 + 3*2 = 28.
+    assert (gap.kind, gap.kernel, gap.rf) == ("gap", 4, 28)
+
+
+def test_layer_table_params_add_up_to_the_model():
+    for name in MODELS:
+        model = build_model(name)
+        assert sum(r.params for r in receptive_field_table(model)) == count_parameters(model), name
+
+
+def test_each_step_adds_its_idea():
+    def has(name, kind):
+        return any(isinstance(m, kind) for m in build_model(name).modules())
+
+    assert not has("Model1", nn.BatchNorm2d) and not has("Model1", FastDropout)
+    assert has("Model2", nn.BatchNorm2d) and not has("Model2", FastDropout)
+    assert build_model("Model2b").convblock1[-1].p == 0.25
+    assert has("Model2c", nn.AdaptiveAvgPool2d) and not has("Model2b", nn.AdaptiveAvgPool2d)
+    assert build_model("Model3").convblock1[-1].p == 0.1
+
+
+def test_fast_dropout_matches_nn_dropout_in_expectation_and_eval():
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    for p in (0.1, 0.25):
+        d = FastDropout(p)
+        y = d(x)
+        assert abs((y == 0).float().mean().item() - p) < 0.01
+        assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
+        assert not torch.equal(d(x), y)  # a fresh mask per call
+        d.eval()
+        assert torch.equal(d(x), x)
+
+
+def test_unknown_model_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="Model3"):
+        build_model("ResNet50")
+
+
+def test_models_command_prints_every_variant():
+    out = subprocess.run([sys.executable, "-m", "core.models"], capture_output=True, text=True, check=True).stdout
+    for name in MODELS:
+        line = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert f"{count_parameters(build_model(name)):,}" in line

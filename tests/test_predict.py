@@ -1,0 +1,163 @@
+"""core.predict: MNIST-style preprocessing of any picture, and predictions that survive it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.data import FILES, MEAN, STD
+from core.predict import EmptyImageError, as_picture, feature_maps, predict, preprocess, probabilities
+
+CANVAS = 280
+
+
+def stroke_picture(invert: bool = False) -> np.ndarray:
+    """A fat '7'-like stroke, white on black, on a 280x280 canvas."""
+    img = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
+    img[40:70, 60:220] = 255  # the bar
+    for r in range(70, 250):  # the slanted leg
+        c = 220 - (r - 70) // 2
+        img[r, c - 15 : c + 15] = 255
+    return 255 - img if invert else img
+
+
+def test_output_is_a_normalised_28x28_tensor_with_a_20px_digit():
+    x = preprocess(stroke_picture())
+    assert x.shape == (1, 1, 28, 28) and x.dtype == torch.float32
+    assert x.min().item() == pytest.approx(-MEAN / STD, abs=1e-5)  # background is MNIST's black
+    pic = as_picture(x)
+    rows, cols = np.flatnonzero(pic.max(1) > 25), np.flatnonzero(pic.max(0) > 25)
+    assert max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) in (19, 20, 21)
+
+
+def test_centre_of_mass_lands_in_the_middle():
+    img = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
+    img[10:60, 200:230] = 255  # a blob in the top-right corner
+    pic = as_picture(preprocess(img)).astype(float)
+    ys, xs = np.indices(pic.shape)
+    assert (ys * pic).sum() / pic.sum() == pytest.approx(13.5, abs=1.0)
+    assert (xs * pic).sum() / pic.sum() == pytest.approx(13.5, abs=1.0)
+
+
+def test_polarity_and_colour_forms_give_the_same_input():
+    grey = stroke_picture()
+    expected = preprocess(grey)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    opaque_rgba = np.dstack([rgb, np.full_like(grey, 255)])
+    # a canvas with a transparent background: white strokes whose alpha carries the ink
+    transparent_rgba = np.dstack([np.full_like(rgb, 255), grey])
+    black_strokes_rgba = np.dstack([np.zeros_like(rgb), grey])
+    for form in (stroke_picture(invert=True), rgb, 255 - rgb, opaque_rgba, transparent_rgba, black_strokes_rgba):
+        torch.testing.assert_close(preprocess(form), expected, atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "blank",
+    [
+        np.zeros((CANVAS, CANVAS), np.uint8),
+        np.full((CANVAS, CANVAS), 255, np.uint8),
+        np.full((CANVAS, CANVAS, 3), 128, np.uint8),
+        np.zeros((CANVAS, CANVAS, 4), np.uint8),  # an untouched transparent canvas
+        np.dstack([np.zeros((CANVAS, CANVAS, 3), np.uint8), np.full((CANVAS, CANVAS), 255, np.uint8)]),
+    ],
+)
+def test_blank_image_raises_empty_image_error(blank):
+    with pytest.raises(EmptyImageError, match="blank"):
+        preprocess(blank)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((28, 28), np.float32), "uint8"),
+        (np.zeros((28, 28), np.int64), "uint8"),
+        (np.zeros((28, 28, 2), np.uint8), "shape"),
+        (np.zeros((1, 28, 28, 1), np.uint8), "shape"),
+        (np.zeros((0, 28), np.uint8), "empty"),
+        ([[0, 255], [255, 0]], "numpy array"),
+    ],
+)
+def test_wrong_dtype_or_shape_is_refused(bad, message):
+    with pytest.raises(ValueError, match=message) as info:
+        preprocess(bad)
+    assert not isinstance(info.value, EmptyImageError)
+
+
+def test_feature_maps_cover_every_conv_block():
+    from core.models import build_model
+
+    maps = feature_maps(build_model("Model3"), preprocess(stroke_picture()))
+    assert [name for name, _ in maps] == [f"convblock{i}" for i in range(1, 8)]
+    assert maps[0][1].shape == (8, 26, 26) and maps[-1][1].shape == (12, 4, 4)
+
+
+# ---- real digits, a trained model -------------------------------------------------------------
+
+def mnist_present() -> bool:
+    root = Path(os.environ.get("MNIST_ROOT", "data")) / "MNIST" / "raw"
+    return all((root / f).is_file() for f in FILES.values())
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A reference model when one is shipped, else Model3 trained here on 8,000 images (~10 s)."""
+    if not mnist_present():
+        pytest.skip("MNIST files not found: set MNIST_ROOT to a folder holding MNIST/raw/")
+    from core.config import recipe
+    from core.data import load_mnist
+    from core.reference import load_reference_model, reference_names
+    from core.train import Trainer
+
+    data = load_mnist()
+    if "Model3" in reference_names():
+        return load_reference_model("Model3"), data
+    trainer = Trainer(recipe("Model3", "reference", epochs=2, train_limit=8000, test_limit=1000, augment=False), data)
+    for _ in trainer.epochs():
+        pass
+    return trainer.model.eval(), data
+
+
+def place(digit: np.ndarray, size: int, top: int, left: int) -> np.ndarray:
+    """A 28x28 uint8 digit scaled to size x size and pasted at (top, left) on a black 280x280 canvas."""
+    canvas = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
+    canvas[top : top + size, left : left + size] = np.asarray(Image.fromarray(digit).resize((size, size), Image.BILINEAR))
+    return canvas
+
+
+FORMS = {
+    "small in a corner": lambda d: place(d, 48, 6, 6),
+    "large": lambda d: place(d, 270, 5, 5),
+    "off-centre": lambda d: place(d, 120, 150, 20),
+    "inverted (black on white)": lambda d: 255 - place(d, 160, 60, 60),
+    "RGB": lambda d: np.repeat(place(d, 160, 60, 60)[..., None], 3, axis=2),
+    "RGBA, transparent background": lambda d: np.dstack([np.full((CANVAS, CANVAS, 3), 255, np.uint8), place(d, 160, 60, 60)]),
+    "RGBA, opaque": lambda d: np.dstack([np.repeat(place(d, 200, 40, 40)[..., None], 3, axis=2), np.full((CANVAS, CANVAS), 255, np.uint8)]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", list(FORMS))
+def test_real_digits_pasted_on_a_canvas_are_read_as_well_as_the_originals(trained, form):
+    model, data = trained
+    n = 300
+    x, y = data.test_x[-n:], data.test_y[-n:]  # the end of the test split: never used above for training or early stopping
+    original_acc = (probabilities(model, x).argmax(1) == y.numpy()).mean() * 100
+    digits = ((x[:, 0] * STD + MEAN).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    pasted = torch.cat([preprocess(FORMS[form](d)) for d in digits])
+    pasted_acc = (probabilities(model, pasted).argmax(1) == y.numpy()).mean() * 100
+    assert original_acc > 90
+    assert pasted_acc >= original_acc - 3, f"{form}: {pasted_acc:.1f}% vs {original_acc:.1f}% on the originals"
+
+
+@pytest.mark.slow
+def test_predict_returns_ten_probabilities_for_a_pasted_digit(trained):
+    model, data = trained
+    digit = ((data.test_x[-1, 0] * STD + MEAN) * 255).round().to(torch.uint8).numpy()
+    p = predict(model, place(digit, 100, 100, 100))
+    assert p.shape == (10,) and p.sum() == pytest.approx(1.0, abs=1e-5)
+    assert p.argmax() == data.test_y[-1].item()
