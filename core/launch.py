@@ -1,0 +1,59 @@
+"""Start a stored run as its own training process, so nothing trains inside the caller (the dashboard).
+
+The process is `python -m core.train --run-id N`; it queues itself when the machine's training slot
+is taken (core.worker.wait_for_slot), writes its progress to the store, and watches its stop flag.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from core.config import TrainConfig
+from core.runs import Run, RunStore
+from core.runs import _pid_alive as pid_alive
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def log_path(store: RunStore, run_id: int) -> Path:
+    """Where the training process of a run writes its output."""
+    if store.folder:
+        store.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        return store.run_dir(run_id) / "train.log"
+    return Path(tempfile.gettempdir()) / f"mnist-lab-run-{run_id}.log"
+
+
+def start_run(store: RunStore, config: TrainConfig, data_root: str | None = None, label: str = "") -> int:
+    """Record a new run and launch its training process, detached from the caller; returns the run id."""
+    run_id = store.create_run(config, label=label)
+    cmd = [sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", store.url, "--quiet"]
+    if data_root:
+        cmd += ["--data", str(data_root)]
+    with open(log_path(store, run_id), "ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a closed browser tab or a restarted dashboard leaves it training
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    store.update(run_id, pid=proc.pid)
+    threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends: no zombie left behind
+    return run_id
+
+
+def never_started(run: Run) -> bool:
+    """True for a queued run whose training process is gone before it began (see its log)."""
+    return run.status == "queued" and run.started_at is None and run.pid is not None and not pid_alive(run.pid)
+
+
+def stop_run(store: RunStore, run_id: int) -> None:
+    """Ask the run to stop; it finishes its current batch, keeps its checkpoints and ends 'stopped'."""
+    store.request_stop(run_id)
