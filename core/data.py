@@ -98,13 +98,13 @@ class MNIST:
     test_x: torch.Tensor
     test_y: torch.Tensor
 
-    def subset(self, train_limit: int = 0, test_limit: int = 0) -> "MNIST":
+    def subset(self, train_limit: int = 0, test_limit: int = 0) -> MNIST:
         """The first N images of each split (0 = all): for quick runs and tests."""
         tl = train_limit or len(self.train_y)
         vl = test_limit or len(self.test_y)
         return MNIST(self.train_x[:tl], self.train_y[:tl], self.test_x[:vl], self.test_y[:vl])
 
-    def to(self, device: torch.device | str) -> "MNIST":
+    def to(self, device: torch.device | str) -> MNIST:
         return MNIST(*(t.to(device) for t in (self.train_x, self.train_y, self.test_x, self.test_y)))
 
 

@@ -12,27 +12,37 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class FastDropout(nn.Module):
-    """Same maths as nn.Dropout (keep prob 1-p, scale 1/(1-p), fresh mask per call, identity in eval).
+    """nn.Dropout's maths, cheaper on CPU: keep prob 1-p, survivors scaled by 1/keep, a fresh mask
+    per call, identity in eval.
 
-    Cheaper on CPU: one `rand_like` compare-and-multiply instead of the bernoulli kernel, which
-    on this 2-core machine costs ~2x more on a 128x8x26x26 activation (see core/bench.py).
+    The mask comes from 16-bit random integers, two per 32-bit draw of the generator, compared with a
+    threshold: half the draws of `rand_like` and no float conversion. On this 2-core machine that is
+    ~2.3 ms instead of ~4.3 ms (F.dropout) for a 128x8x26x26 activation. p is thereby rounded to a
+    multiple of 1/65536 (0.1 -> 0.100006), and the scale uses the rounded keep probability so the
+    expected output still equals the input exactly.
     """
+
+    LEVELS = 65536  # 16-bit random integers
 
     def __init__(self, p: float = 0.1):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout p must be in [0, 1), got {p}")
         self.p = p
+        self.drop_levels = round(p * self.LEVELS)  # of the 65536 random values, this many drop
+        self.scale = self.LEVELS / (self.LEVELS - self.drop_levels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
+        if not self.training or self.drop_levels == 0:
             return x
-        keep = torch.rand_like(x) >= self.p
-        return x * keep * (1.0 / (1.0 - self.p))
+        n = x.numel()
+        bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_(-(2**31), 2**31 - 1)
+        r16 = bits.view(torch.int16)[:n].view(x.shape)  # uniform in [-32768, 32767]
+        keep = r16 >= self.drop_levels - self.LEVELS // 2
+        return x * keep.to(x.dtype).mul_(self.scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -40,7 +50,8 @@ class FastDropout(nn.Module):
 
 def conv_block(cin: int, cout: int, k: int = 3, bn: bool = True, dropout: float = 0.0) -> nn.Sequential:
     """Conv (no bias when BN follows) -> ReLU -> BN -> Dropout, the seed's block order."""
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, bias=not bn), nn.ReLU()]
+    # inplace ReLU: the conv output is not needed by its backward, so this saves one allocation per block.
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, bias=not bn), nn.ReLU(inplace=True)]
     if bn:
         layers.append(nn.BatchNorm2d(cout))
     if dropout > 0:
@@ -123,7 +134,7 @@ class Tiny4k(SmallNet):
     """Ours, not the seed's: the same plan thinned to <5k parameters."""
 
     def __init__(self, dropout: float = 0.0):
-        super().__init__(channels=(8, 10, 8, 10, 10, 12, 12), bn=True, dropout=dropout, head="gap")
+        super().__init__(channels=(8, 12, 8, 10, 10, 10, 12), bn=True, dropout=dropout, head="gap")
 
 
 @dataclass(frozen=True)

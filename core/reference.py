@@ -2,6 +2,10 @@
 
 They let the dashboard show curves and predict before anyone trains. Regenerate them all with
     python -m core.reference            (one 15-epoch run per variant, through the normal training path)
+    python -m core.reference --table    (the README results table, from the shipped .json files)
+Extra seeds go elsewhere so they never overwrite the shipped runs:
+    python -m core.reference Model3 --seed 2 --out /tmp/seed2 --runs /tmp/seeds.db
+    python -m core.reference --table --seed-dirs core/reference /tmp/seed2 /tmp/seed3
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ def reference_names() -> list[str]:
     return [n for n in MODELS if (REFERENCE_DIR / f"{n}.pt").is_file() and (REFERENCE_DIR / f"{n}.json").is_file()]
 
 
-def reference_info(name: str) -> dict:
+def reference_info(name: str, folder: Path = REFERENCE_DIR) -> dict:
     """{"model", "config", "params", "epochs": [per-epoch dicts], "wall_seconds", "machine"}."""
-    return json.loads((REFERENCE_DIR / f"{name}.json").read_text())
+    return json.loads((Path(folder) / f"{name}.json").read_text())
 
 
 def load_reference_model(name: str) -> nn.Module:
@@ -42,10 +46,13 @@ def load_reference_model(name: str) -> nn.Module:
     return model.eval()
 
 
-def save_reference(config: TrainConfig, model: nn.Module, epochs: list[dict], wall_seconds: float) -> None:
-    REFERENCE_DIR.mkdir(exist_ok=True)
+def save_reference(
+    config: TrainConfig, model: nn.Module, epochs: list[dict], wall_seconds: float, folder: Path = REFERENCE_DIR
+) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"model": weights, "config": config.to_json()}, REFERENCE_DIR / f"{config.model}.pt")
+    torch.save({"model": weights, "config": config.to_json()}, folder / f"{config.model}.pt")
     info = {
         "model": config.model,
         "config": json.loads(config.to_json()),
@@ -54,34 +61,98 @@ def save_reference(config: TrainConfig, model: nn.Module, epochs: list[dict], wa
         "wall_seconds": round(wall_seconds, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
-    (REFERENCE_DIR / f"{config.model}.json").write_text(json.dumps(info, indent=1) + "\n")
+    (folder / f"{config.model}.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def results_table(folder: Path = REFERENCE_DIR) -> str:
+    """Markdown: per variant, the seed's reported figures next to our reference run's."""
+    head = (
+        "| variant | seed: params | seed: best train | seed: best test | params | recipe | best train | best test "
+        "| test, last 3 epochs | epoch of best | wall time |\n"
+        "|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|"
+    )
+    rows = [head]
+    for name, spec in MODELS.items():
+        path = Path(folder) / f"{name}.json"
+        if not path.is_file():
+            continue
+        info = reference_info(name, folder)
+        eps = info["epochs"]
+        best = max(eps, key=lambda e: e["test_acc"])
+        seed = spec.seed
+        seed_cells = [f"{seed.params:,}", _pct(seed.best_train), _pct(seed.best_test)] if seed else ["ours", "–", "–"]
+        c = info["config"]
+        how = f"{c['optimizer'].upper()}{' Nesterov' if c['nesterov'] else ''}, {c['scheduler']}, lr {c['lr']:g}"
+        how += f", batch {c['batch_size']}, dropout {c['dropout'] if c['dropout'] is not None else 'default'}"
+        if c["weight_decay"]:
+            how += f", wd {c['weight_decay']:g}"
+        rows.append(
+            f"| {name} | " + " | ".join(seed_cells) + f" | {info['params']:,} | {how} "
+            f"| {max(e['train_acc'] for e in eps):.2f} | {best['test_acc']:.2f} "
+            f"| {' / '.join(format(e['test_acc'], '.2f') for e in eps[-3:])} | {best['epoch']} | {info['wall_seconds']:.0f} s |"
+        )
+    return "\n".join(rows)
+
+
+def seed_stats_table(folders: list[Path]) -> str:
+    """Markdown: per variant present in every folder, mean ± std of last-epoch test acc and the worst of the last 3."""
+    import statistics
+
+    rows = ["| variant | seeds | last-epoch test acc, mean ± std | worst of last 3 epochs (all seeds) | per seed (last 3) |",
+            "|---|---|---:|---:|---|"]
+    for name in MODELS:
+        infos = [reference_info(name, f) for f in folders if (Path(f) / f"{name}.json").is_file()]
+        if len(infos) < 2:
+            continue
+        last = [i["epochs"][-1]["test_acc"] for i in infos]
+        worst = min(e["test_acc"] for i in infos for e in i["epochs"][-3:])
+        per_seed = "; ".join(
+            f"seed {i['config']['seed']}: " + "/".join(f"{e['test_acc']:.2f}" for e in i["epochs"][-3:]) for i in infos
+        )
+        seeds = ", ".join(str(i["config"]["seed"]) for i in infos)
+        rows.append(f"| {name} | {seeds} | {statistics.mean(last):.3f} ± {statistics.stdev(last):.3f} | {worst:.2f} | {per_seed} |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.cli import format_epoch
     from core.runs import RunStore
     from core.worker import execute_run
-    from core.cli import format_epoch
 
     p = argparse.ArgumentParser(prog="python -m core.reference", description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", default=list(MODELS), help="variants to (re)train (default: all)")
     p.add_argument("--data", default=None, help="MNIST root (default: $MNIST_ROOT, else ./data)")
     p.add_argument("--runs", default=None, help="run store the runs are recorded in (default: runs/runs.db)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--recipe", choices=("reference", "seed"), default="reference", help="which recipe to train")
+    p.add_argument("--out", type=Path, default=REFERENCE_DIR, help="folder for the .pt/.json (default: core/reference)")
+    p.add_argument("--table", action="store_true", help="print the README results table from --out and exit")
+    p.add_argument("--seed-dirs", type=Path, nargs="*", default=None, help="with --table: folders of seed repeats")
     args = p.parse_args(argv)
+    if args.table:
+        print(results_table(args.out))
+        if args.seed_dirs:
+            print()
+            print(seed_stats_table(args.seed_dirs))
+        return 0
     store = RunStore(args.runs)
     for name in args.models:
-        config = recipe(name, "reference", seed=args.seed)
+        config = recipe(name, args.recipe, seed=args.seed)
         run_id = store.create_run(config, label=f"reference {name}")
         print(f"{name}: run {run_id} {config.to_json()}", flush=True)
         t0 = time.perf_counter()
-        status = execute_run(run_id, store.url, args.data, on_epoch=lambda r: print(format_epoch(r, config.epochs), flush=True))
+        status = execute_run(run_id, store.url, args.data, on_epoch=lambda r, n=config.epochs: print(format_epoch(r, n), flush=True))
         if status != "finished":
             print(f"{name}: run {run_id} ended {status}; reference not written")
             return 1
         state = store.load_checkpoint(run_id, "last")
         model = build_model(config.model, config.dropout)
         model.load_state_dict(state["model"])
-        save_reference(config, model, store.epochs(run_id), time.perf_counter() - t0)
+        save_reference(config, model, store.epochs(run_id), time.perf_counter() - t0, args.out)
     return 0
 
 
