@@ -1,0 +1,83 @@
+"""The dashboard's entry point: `streamlit run dashboard/Home.py`. A router over the pages."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+for path in (HERE.parent, HERE):  # `core` lives one level up; `lab` sits next to this file
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import streamlit as st  # noqa: E402
+
+
+def home() -> None:
+    import lab
+    import pandas as pd
+
+    from core.architecture import receptive_field_table
+    from core.models import MODELS, build_model, count_parameters
+    from core.reference import reference_info, reference_names
+
+    st.title("MNIST CNN lab")
+    st.markdown(
+        "Small CNNs for MNIST, each variant adding one idea to the last (BatchNorm, Dropout, Global Average "
+        "Pooling, an LR schedule), under an 8k-parameter budget. **Train** a variant live, **Compare** runs, "
+        "**Draw** a digit for the models to read, and **Inspect** what a model gets wrong and what its layers see."
+    )
+    store = lab.store()
+    best: dict[str, float] = {}
+    for name in reference_names():
+        best[name] = max(e["test_acc"] for e in reference_info(name)["epochs"])
+    for run in store.list_runs():
+        if run.best_test_acc is not None:
+            best[run.model] = max(best.get(run.model, 0.0), run.best_test_acc)
+    rows = []
+    for spec in MODELS.values():
+        model = build_model(spec.name)
+        rows.append(
+            {
+                "variant": spec.name,
+                "params": count_parameters(model),
+                "receptive field": receptive_field_table(model)[-1].rf,
+                "idea": spec.idea,
+                "seed's test %": spec.seed.best_test if spec.seed else None,
+                "our best test %": best.get(spec.name),
+            }
+        )
+    st.subheader("Variants")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    if not reference_names():
+        st.caption("No reference runs shipped yet: `python -m core.reference` trains one per variant.")
+
+    st.subheader("Training now")
+    active = store.list_runs(status="running") + store.list_runs(status="queued")
+    if not active:
+        st.write("Nothing is training.")
+    for run in active:
+        st.write(f"Run {run.id} · {run.model} · {run.status} · epoch {run.epoch}/{run.config.epochs}")
+        st.progress(run.progress)
+
+    st.subheader("Pages")
+    cols = st.columns(4)
+    cols[0].page_link("pages/Train.py", label="Train a variant", icon=":material/model_training:")
+    cols[1].page_link("pages/Compare.py", label="Compare runs", icon=":material/compare_arrows:")
+    cols[2].page_link("pages/Draw.py", label="Draw a digit", icon=":material/draw:")
+    cols[3].page_link("pages/Inspect.py", label="Inspect a model", icon=":material/search:")
+
+
+def main() -> None:
+    st.set_page_config(page_title="MNIST CNN lab", page_icon=":material/neurology:", layout="wide")
+    pages = [
+        st.Page(home, title="Home", icon=":material/home:", default=True),
+        st.Page("pages/Train.py", title="Train", icon=":material/model_training:"),
+        st.Page("pages/Compare.py", title="Compare", icon=":material/compare_arrows:"),
+        st.Page("pages/Draw.py", title="Draw", icon=":material/draw:"),
+        st.Page("pages/Inspect.py", title="Inspect", icon=":material/search:"),
+    ]
+    st.navigation(pages).run()
+
+
+main()

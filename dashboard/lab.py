@@ -1,0 +1,129 @@
+"""What every page shares: the run store, MNIST and trained models, each loaded once per server (st.cache_resource)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+import streamlit as st
+import torch.nn as nn
+
+from core.data import MNIST, load_mnist
+from core.evaluation import Evaluation, evaluate_classes
+from core.models import build_model
+from core.reference import load_reference_model, reference_info, reference_names
+from core.runs import RunStore, default_url
+
+NO_MODEL_HINT = (
+    "No trained model yet. Train one on the **Train** page (a minute with a few thousand images), "
+    "or ship the reference models with `python -m core.reference`."
+)
+
+
+@st.cache_resource(show_spinner=False)
+def _store(url: str) -> RunStore:
+    return RunStore(url)
+
+
+def store() -> RunStore:
+    """The run store at $MNIST_LAB_DB (else runs/runs.db), opened once per URL."""
+    return _store(default_url())
+
+
+@st.cache_resource(show_spinner="Loading MNIST...")
+def mnist() -> MNIST:
+    return load_mnist()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A trained model the pages can pick: a shipped reference or a run's best checkpoint."""
+
+    label: str
+    model: str  # variant name
+    reference: bool
+    run_id: int | None = None
+
+
+def trained_models() -> list[Choice]:
+    """Shipped references first, then finished or stopped runs that saved a checkpoint, newest first."""
+    s = store()
+    choices = [Choice(f"{n} (reference)", n, True) for n in reference_names()]
+    for run in s.list_runs():
+        if run.status in ("finished", "stopped") and s.has_checkpoint(run.id, "best"):
+            acc = f", {run.best_test_acc:.2f}%" if run.best_test_acc is not None else ""
+            name = f" {run.label}" if run.label else ""
+            choices.append(Choice(f"run {run.id}: {run.model}{name}{acc}", run.model, False, run.id))
+    return choices
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=16)
+def load_model(choice: Choice, store_url: str) -> nn.Module:
+    if choice.reference:
+        return load_reference_model(choice.model)
+    state = _store(store_url).load_checkpoint(choice.run_id, "best")
+    config = state["config"]
+    from core.config import TrainConfig
+
+    cfg = TrainConfig.from_json(config)
+    model = build_model(cfg.model, cfg.dropout)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def model_for(choice: Choice) -> nn.Module:
+    return load_model(choice, default_url())
+
+
+@st.cache_resource(show_spinner="Running the model over the 10,000 test digits...", max_entries=8)
+def _evaluation(choice: Choice, store_url: str) -> Evaluation:
+    data = mnist()
+    return evaluate_classes(load_model(choice, store_url), data.test_x, data.test_y)
+
+
+def evaluation_for(choice: Choice) -> Evaluation:
+    return _evaluation(choice, default_url())
+
+
+def pick_model(key: str, label: str = "Model") -> Choice | None:
+    """A selectbox of trained models; None (and a hint) when there is none."""
+    choices = trained_models()
+    if not choices:
+        st.info(NO_MODEL_HINT)
+        return None
+    return st.selectbox(label, choices, format_func=lambda c: c.label, key=key)
+
+
+def reference_epochs(name: str) -> list[dict]:
+    return reference_info(name)["epochs"]
+
+
+def curves(series: dict[str, list[dict]], metrics: list[str], title: str, y_title: str) -> go.Figure:
+    """One line per (series, metric) over epochs; `series` maps a name to per-epoch dicts."""
+    fig = go.Figure()
+    for name, rows in series.items():
+        for metric in metrics:
+            label = f"{name} {metric.replace('_', ' ')}" if len(series) > 1 or len(metrics) > 1 else name
+            fig.add_scatter(
+                x=[r["epoch"] for r in rows], y=[r[metric] for r in rows], mode="lines+markers", name=label
+            )
+    fig.update_layout(
+        title=title, xaxis_title="epoch", yaxis_title=y_title, height=320, margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", y=-0.25),
+    )
+    return fig
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Best test acc, its epoch, mean of the last three epochs and total time for one run's epochs."""
+    if not rows:
+        return {"best test %": None, "epoch of best": None, "last-3 test %": None, "epochs": 0, "time (s)": None}
+    best = max(rows, key=lambda r: r["test_acc"])
+    last3 = [r["test_acc"] for r in rows[-3:]]
+    return {
+        "best test %": round(best["test_acc"], 2),
+        "epoch of best": best["epoch"],
+        "last-3 test %": round(sum(last3) / len(last3), 2),
+        "epochs": len(rows),
+        "time (s)": round(sum(r["seconds"] or 0 for r in rows), 1),
+    }

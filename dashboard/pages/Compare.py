@@ -1,0 +1,64 @@
+"""Compare: any runs and shipped references side by side, as curves, a table and a size-vs-accuracy plot."""
+
+from __future__ import annotations
+
+import lab
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from core.reference import reference_info, reference_names
+
+
+def main() -> None:
+    st.title("Compare")
+    store = lab.store()
+    options: dict[str, dict] = {}  # label -> {"model", "params", "epochs"}
+    for name in reference_names():
+        info = reference_info(name)
+        options[f"{name} (reference)"] = {"model": name, "params": info["params"], "epochs": info["epochs"]}
+    runs = store.list_runs()
+    per_run = store.epochs_of([r.id for r in runs])
+    for r in runs:
+        label = f"run {r.id}: {r.model}" + (f" {r.label}" if r.label else "") + f" ({r.status})"
+        options[label] = {"model": r.model, "params": r.params, "epochs": per_run[r.id]}
+    if not options:
+        st.info("Nothing to compare yet. " + lab.NO_MODEL_HINT)
+        return
+    default = [k for k, v in options.items() if v["epochs"]][:4]
+    chosen = st.multiselect("Runs", list(options), default=default, key="runs")
+    if not chosen:
+        st.info("Choose one or more runs above.")
+        return
+
+    series = {k: options[k]["epochs"] for k in chosen if options[k]["epochs"]}
+    if series:
+        tabs = st.tabs(["Test accuracy", "Train accuracy", "Test loss", "Train loss"])
+        for tab, (metric, unit) in zip(
+            tabs, [("test_acc", "%"), ("train_acc", "%"), ("test_loss", "loss"), ("train_loss", "loss")], strict=True
+        ):
+            tab.plotly_chart(lab.curves(series, [metric], tab_title(metric), unit), key=f"curve-{metric}")
+    else:
+        st.info("The chosen runs have no finished epoch yet.")
+
+    table = pd.DataFrame(
+        [{"run": k, "model": options[k]["model"], "params": options[k]["params"], **lab.summarise(options[k]["epochs"])}
+         for k in chosen]
+    )
+    st.subheader("Summary")
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.download_button("Download CSV", table.to_csv(index=False), "mnist-lab-compare.csv", "text/csv", key="csv")
+
+    scored = table.dropna(subset=["best test %"])
+    if not scored.empty:
+        fig = px.scatter(scored, x="params", y="best test %", color="model", hover_name="run", log_x=True,
+                         title="Parameters vs best test accuracy")
+        fig.update_traces(marker_size=12)
+        st.plotly_chart(fig, key="scatter")
+
+
+def tab_title(metric: str) -> str:
+    return metric.replace("_", " ").replace("acc", "accuracy").capitalize()
+
+
+main()

@@ -1,0 +1,113 @@
+"""Draw: a digit on a canvas (or an uploaded picture), read by the chosen model and by every variant."""
+
+from __future__ import annotations
+
+import io
+
+import lab
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image, UnidentifiedImageError
+
+from core.predict import EmptyImageError, as_picture, preprocess, probabilities
+from core.runs import StoreError
+
+MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+MAX_UPLOAD_SIDE = 4000  # pixels; a bigger picture is refused rather than decoded
+
+
+def clear_canvas() -> None:
+    # A new key gives a fresh, empty canvas component.
+    st.session_state.canvas_n = st.session_state.get("canvas_n", 0) + 1
+    st.session_state.pop("drawn", None)
+
+
+def read_upload(upload) -> np.ndarray | None:
+    """The uploaded file as a uint8 array, or None (with a message) when it is not a usable picture."""
+    if upload.size > MAX_UPLOAD_BYTES:
+        st.error(f"{upload.name} is {upload.size / 1e6:.1f} MB; upload a picture under {MAX_UPLOAD_BYTES // 2**20} MB.")
+        return None
+    try:
+        img = Image.open(io.BytesIO(upload.getvalue()))
+        if max(img.size) > MAX_UPLOAD_SIDE:
+            st.error(f"{upload.name} is {img.size[0]}x{img.size[1]} px; upload one under {MAX_UPLOAD_SIDE} px a side.")
+            return None
+        img = img.convert("RGBA" if "A" in img.getbands() else "L")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        st.error(f"{upload.name} is not a readable PNG or JPEG picture.")
+        return None
+    return np.asarray(img)
+
+
+def probability_bars(p: np.ndarray) -> go.Figure:
+    fig = go.Figure(go.Bar(x=[str(d) for d in range(10)], y=p * 100, marker_color=["#e45756" if d == p.argmax() else "#4c78a8" for d in range(10)]))
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="Probability of each digit",
+                      yaxis=dict(title="%", range=[0, 100]), xaxis_title="digit")
+    return fig
+
+
+def main() -> None:
+    from streamlit_drawable_canvas import st_canvas  # needs a running app: import inside the page
+
+    st.title("Draw")
+    left, right = st.columns([1, 1], gap="large")
+    with left:
+        st.caption("Draw one digit, white on black, as big as you like anywhere on the canvas.")
+        brush = st.slider("Brush size", 6, 40, 18, key="brush")
+        canvas = st_canvas(
+            stroke_width=brush,
+            stroke_color="#FFFFFF",
+            background_color="#000000",
+            height=280,
+            width=280,
+            drawing_mode="freedraw",
+            return_image_data=True,
+            key=f"canvas-{st.session_state.get('canvas_n', 0)}",
+        )
+        st.button("Clear", on_click=clear_canvas, key="clear")
+        upload = st.file_uploader("...or upload a picture of a digit (PNG/JPEG, max 2 MB)", type=["png", "jpg", "jpeg"], key="upload")
+
+    image = read_upload(upload) if upload is not None else canvas.image_data
+    with right:
+        choice = lab.pick_model("draw-model")
+        if image is None:
+            st.info("Draw a digit on the canvas to see what the models read.")
+            return
+        try:
+            x = preprocess(image)
+        except EmptyImageError:
+            st.info("The canvas is empty: draw a digit (or upload a picture) and the models will read it.")
+            st.session_state.pop("drawn", None)
+            return
+        st.session_state.drawn = x  # Inspect shows the feature maps of this digit
+        if choice is None:
+            st.image(np.kron(as_picture(x), np.ones((5, 5), np.uint8)), caption="What a model would see (28x28)")
+            return
+        try:
+            p = probabilities(lab.model_for(choice), x)[0]
+        except StoreError as e:
+            st.error(str(e))
+            return
+        c1, c2 = st.columns([1, 1])
+        c1.metric("Prediction", str(int(p.argmax())), f"{p.max() * 100:.1f}% confident", delta_color="off")
+        c2.image(np.kron(as_picture(x), np.ones((5, 5), np.uint8)), caption="What the model sees (28x28)")
+        st.plotly_chart(probability_bars(p), key="bars")
+
+    st.subheader("Every variant")
+    choices = lab.trained_models()
+    # one per variant: its reference when shipped, else its newest trained run
+    per_variant = {}
+    for c in choices:
+        per_variant.setdefault(c.model, c)
+    cols = st.columns(max(1, len(per_variant)))
+    for col, c in zip(cols, per_variant.values(), strict=False):
+        try:
+            q = probabilities(lab.model_for(c), x)[0]
+        except StoreError as e:
+            col.error(str(e))
+            continue
+        col.metric(c.label, str(int(q.argmax())), f"{q.max() * 100:.1f}%", delta_color="off")
+
+
+main()

@@ -1,0 +1,119 @@
+"""Train: pick a variant and its settings, start a training process, watch it live, stop it."""
+
+from __future__ import annotations
+
+import os
+
+import lab
+import streamlit as st
+
+from core.config import OPTIMIZERS, SCHEDULERS, ConfigError, recipe
+from core.data import DataError
+from core.launch import never_started, start_run, stop_run
+from core.models import MODELS
+from core.runs import StoreError
+
+
+def settings_form() -> None:
+    st.subheader("New run")
+    model = st.selectbox("Variant", list(MODELS), index=list(MODELS).index("Model3"), key="model")
+    preset = st.radio("Recipe", ["seed", "reference"], horizontal=True, key="preset",
+                      help="seed: the seed's own SGD recipe; reference: our tuned recipe")
+    base = recipe(model, preset)
+    k = f"{model}-{preset}"  # widgets reset to the recipe's values when the variant or recipe changes
+    c1, c2, c3 = st.columns(3)
+    epochs = c1.number_input("Epochs", 1, 100, base.epochs, key=f"epochs-{k}")
+    batch_size = c2.number_input("Batch size", 8, 2048, base.batch_size, step=32, key=f"bs-{k}")
+    seed = c3.number_input("Seed", 0, 10_000, base.seed, key=f"seed-{k}")
+    optimizer = c1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(base.optimizer), key=f"opt-{k}")
+    lr = c2.number_input("Learning rate", 1e-5, 1.0, base.lr, format="%.4f", key=f"lr-{k}")
+    scheduler = c3.selectbox("LR schedule", SCHEDULERS, index=SCHEDULERS.index(base.scheduler), key=f"sched-{k}")
+    augment = c1.checkbox("Augment (random rotation)", base.augment, key=f"aug-{k}")
+    train_limit = c2.number_input("Training images (0 = all 60,000)", 0, 60_000, 0, step=1000, key=f"tl-{k}")
+    test_limit = c3.number_input("Test images (0 = all 10,000)", 0, 10_000, 0, step=1000, key=f"vl-{k}")
+    label = st.text_input("Label (optional)", key="label")
+    if not st.button("Start", type="primary", key="start"):
+        return
+    try:
+        lab.mnist()  # refuse before recording a run that could not train
+        config = recipe(
+            model, preset, epochs=int(epochs), batch_size=int(batch_size), seed=int(seed), optimizer=optimizer,
+            lr=float(lr), scheduler=scheduler, augment=augment, train_limit=int(train_limit),
+            test_limit=int(test_limit),
+        )
+        run_id = start_run(lab.store(), config, data_root=os.environ.get("MNIST_ROOT"), label=label)
+    except (ConfigError, DataError, StoreError) as e:
+        st.error(str(e))
+        return
+    st.query_params["run"] = str(run_id)  # a reload, or this URL in another browser, shows the same run
+    st.rerun()
+
+
+def chosen_run_id() -> int | None:
+    """The run in the URL, else the newest active run, else the newest run."""
+    wanted = st.query_params.get("run")
+    if wanted and wanted.isdigit():
+        return int(wanted)
+    store = lab.store()
+    active = store.list_runs(status="running", limit=1) or store.list_runs(status="queued", limit=1)
+    newest = active or store.list_runs(limit=1)
+    return newest[0].id if newest else None
+
+
+@st.fragment(run_every=1.0)
+def live(run_id: int) -> None:
+    """The run's state, re-read from the store every second; nothing here trains."""
+    store = lab.store()
+    try:
+        run = store.get(run_id)
+    except StoreError as e:
+        st.error(str(e))
+        return
+    st.subheader(f"Run {run.id}: {run.model}" + (f" · {run.label}" if run.label else ""))
+    done = f"epoch {run.epoch}/{run.config.epochs}"
+    if run.active and run.batches_per_epoch:
+        done += f", batch {run.batch}/{run.batches_per_epoch}"
+    st.progress(run.progress, text=f"{run.status} · {done}")
+    if never_started(run):
+        st.error("The training process ended before it started; its output is in the run's train.log.")
+    elif run.status == "queued":
+        st.info("Queued: another run is using this machine's training slot. It starts as soon as that one ends.")
+    elif run.status in ("failed", "interrupted"):
+        st.error(f"The run {run.status}: {run.error}")
+    elif run.status == "stopped":
+        st.warning("Stopped on request; the finished epochs and checkpoints are kept.")
+    if run.active and not never_started(run):
+        if run.stop_requested:
+            st.caption("Stopping after the current batch...")
+        elif st.button("Stop", key=f"stop-{run.id}"):
+            stop_run(store, run.id)
+    rows = store.epochs(run.id)
+    st.caption(f"{len(rows)} epoch(s) recorded" + (f" · best test {run.best_test_acc:.2f}%" if rows else ""))
+    if rows:
+        c1, c2, c3 = st.columns(3)
+        c1.plotly_chart(lab.curves({"": rows}, ["train_acc", "test_acc"], "Accuracy", "%"), key="acc")
+        c2.plotly_chart(lab.curves({"": rows}, ["train_loss", "test_loss"], "Loss", "cross-entropy"), key="loss")
+        c3.plotly_chart(lab.curves({"": rows}, ["lr"], "Learning rate", "lr"), key="lr")
+    with st.expander("Config"):
+        st.json(run.config.to_json())
+    was_active = st.session_state.get(f"active-{run.id}")
+    st.session_state[f"active-{run.id}"] = run.active
+    if was_active and not run.active:
+        st.rerun(scope="app")  # the run ended: refresh the whole page (the model pickers elsewhere too)
+
+
+def main() -> None:
+    st.title("Train")
+    st.caption("Training runs in its own process and writes to the run store; this page only reads it.")
+    run_id = chosen_run_id()
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        settings_form()
+    with right:
+        if run_id is None:
+            st.info("No run yet: choose a variant and press Start.")
+        else:
+            live(run_id)
+
+
+main()
