@@ -137,7 +137,7 @@ def feature_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, np.ndarra
 
     def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
         parent = names[module].rpartition(".")[0]  # "net.convblock1.1" -> "net.convblock1"
-        found.append((parent.removeprefix("net."), output[0].detach().cpu().numpy()))
+        found.append((parent.removeprefix("net."), output[0].detach().cpu().numpy().copy()))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
     try:

@@ -1,0 +1,93 @@
+"""Every dashboard page runs headless (streamlit.testing AppTest) against a temporary run store."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.data import FILES
+
+HOME = str(Path(__file__).resolve().parent.parent / "dashboard" / "Home.py")
+PAGES = ["pages/Train.py", "pages/Compare.py", "pages/Draw.py", "pages/Inspect.py"]
+
+
+@pytest.fixture
+def store_url(tmp_path, monkeypatch) -> str:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    monkeypatch.setenv("MNIST_LAB_DB", url)
+    return url
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(HOME, default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def mnist_present() -> bool:
+    root = Path(os.environ.get("MNIST_ROOT", "data")) / "MNIST" / "raw"
+    return all((root / f).is_file() for f in FILES.values())
+
+
+def test_home_lists_every_variant(store_url):
+    from core.models import MODELS
+
+    at = open_page()
+    table = at.dataframe[0].value
+    assert list(table["variant"]) == list(MODELS)
+    assert {"params", "receptive field", "idea", "seed's test %", "our best test %"} <= set(table.columns)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs_on_an_empty_store(store_url, page):
+    at = open_page(page)
+    if page.endswith("Train.py"):
+        assert at.selectbox(key="model").value == "Model3" and at.button(key="start")
+    if page.endswith("Draw.py"):
+        assert at.slider(key="brush").value == 18 and at.button(key="clear")
+
+
+@pytest.mark.slow
+def test_train_page_starts_a_run_that_finishes_and_the_other_pages_use_it(store_url):
+    if not mnist_present():
+        pytest.skip("MNIST files not found: set MNIST_ROOT")
+    from core.runs import RunStore
+
+    at = open_page("pages/Train.py")
+    at.selectbox(key="model").set_value("Tiny4k").run()
+    at.number_input(key="epochs-Tiny4k-seed").set_value(1)
+    at.number_input(key="tl-Tiny4k-seed").set_value(300)
+    at.number_input(key="vl-Tiny4k-seed").set_value(200)
+    at.button(key="start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    store = RunStore(store_url)
+    runs = store.list_runs()
+    assert len(runs) == 1 and runs[0].model == "Tiny4k" and runs[0].config.train_limit == 300
+    assert at.query_params["run"] == [str(runs[0].id)] or at.query_params["run"] == str(runs[0].id)
+
+    deadline = time.monotonic() + 240
+    while store.get(runs[0].id).status in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(1)
+    run = store.get(runs[0].id)
+    assert run.status == "finished", f"{run.status}: {run.error}"
+    assert len(store.epochs(run.id)) == 1
+
+    at = open_page("pages/Train.py")  # the newest run is shown again after a reload
+    assert any("1 epoch(s) recorded" in c.value for c in at.caption)
+    at = open_page("pages/Compare.py")
+    assert at.multiselect(key="runs").value and len(at.dataframe) == 1
+    at = open_page("pages/Draw.py")
+    assert at.selectbox(key="draw-model").value.run_id == run.id
+    at = open_page("pages/Inspect.py")
+    assert at.selectbox(key="inspect-model").value.run_id == run.id
+    assert len(at.dataframe) == 1  # the layer table
+    assert any("Test set:" in s.value for s in at.subheader)
