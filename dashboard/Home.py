@@ -1,4 +1,8 @@
-"""The dashboard's entry point: `streamlit run dashboard/Home.py`. A router over the pages."""
+"""The dashboard's entry point: `streamlit run dashboard/Home.py`. A router over the pages in views/.
+
+(Not `pages/`: Streamlit treats a `pages/` folder as the old automatic multipage layout and would run a page
+without this router when its URL is opened first.)
+"""
 
 from __future__ import annotations
 
@@ -62,20 +66,20 @@ def home() -> None:
 
     st.subheader("Pages")
     cols = st.columns(4)
-    cols[0].page_link("pages/Train.py", label="Train a variant", icon=":material/model_training:")
-    cols[1].page_link("pages/Compare.py", label="Compare runs", icon=":material/compare_arrows:")
-    cols[2].page_link("pages/Draw.py", label="Draw a digit", icon=":material/draw:")
-    cols[3].page_link("pages/Inspect.py", label="Inspect a model", icon=":material/search:")
+    cols[0].page_link("views/Train.py", label="Train a variant", icon=":material/model_training:")
+    cols[1].page_link("views/Compare.py", label="Compare runs", icon=":material/compare_arrows:")
+    cols[2].page_link("views/Draw.py", label="Draw a digit", icon=":material/draw:")
+    cols[3].page_link("views/Inspect.py", label="Inspect a model", icon=":material/search:")
 
 
 def main() -> None:
     st.set_page_config(page_title="MNIST CNN lab", page_icon=":material/neurology:", layout="wide")
     pages = [
         st.Page(home, title="Home", icon=":material/home:", default=True),
-        st.Page("pages/Train.py", title="Train", icon=":material/model_training:"),
-        st.Page("pages/Compare.py", title="Compare", icon=":material/compare_arrows:"),
-        st.Page("pages/Draw.py", title="Draw", icon=":material/draw:"),
-        st.Page("pages/Inspect.py", title="Inspect", icon=":material/search:"),
+        st.Page("views/Train.py", title="Train", icon=":material/model_training:"),
+        st.Page("views/Compare.py", title="Compare", icon=":material/compare_arrows:"),
+        st.Page("views/Draw.py", title="Draw", icon=":material/draw:"),
+        st.Page("views/Inspect.py", title="Inspect", icon=":material/search:"),
     ]
     st.navigation(pages).run()
 

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from core.data import FILES
 
 HOME = str(Path(__file__).resolve().parent.parent / "dashboard" / "Home.py")
-PAGES = ["pages/Train.py", "pages/Compare.py", "pages/Draw.py", "pages/Inspect.py"]
+PAGES = ["views/Train.py", "views/Compare.py", "views/Draw.py", "views/Inspect.py"]
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_train_page_starts_a_run_that_finishes_and_the_other_pages_use_it(store_
         pytest.skip("MNIST files not found: set MNIST_ROOT")
     from core.runs import RunStore
 
-    at = open_page("pages/Train.py")
+    at = open_page("views/Train.py")
     at.selectbox(key="model").set_value("Tiny4k").run()
     at.number_input(key="epochs-Tiny4k-seed").set_value(1)
     at.number_input(key="tl-Tiny4k-seed").set_value(300)
@@ -81,13 +81,13 @@ def test_train_page_starts_a_run_that_finishes_and_the_other_pages_use_it(store_
     assert run.status == "finished", f"{run.status}: {run.error}"
     assert len(store.epochs(run.id)) == 1
 
-    at = open_page("pages/Train.py")  # the newest run is shown again after a reload
+    at = open_page("views/Train.py")  # the newest run is shown again after a reload
     assert any("1 epoch(s) recorded" in c.value for c in at.caption)
-    at = open_page("pages/Compare.py")
+    at = open_page("views/Compare.py")
     assert at.multiselect(key="runs").value and len(at.dataframe) == 1
-    at = open_page("pages/Draw.py")
+    at = open_page("views/Draw.py")
     assert at.selectbox(key="draw-model").value.run_id == run.id
-    at = open_page("pages/Inspect.py")
+    at = open_page("views/Inspect.py")
     assert at.selectbox(key="inspect-model").value.run_id == run.id
     assert len(at.dataframe) == 1  # the layer table
     assert any("Test set:" in s.value for s in at.subheader)
