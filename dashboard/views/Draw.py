@@ -90,7 +90,7 @@ def main() -> None:
             st.error(str(e))
             return
         c1, c2 = st.columns([1, 1])
-        c1.metric("Prediction", str(int(p.argmax())), f"{p.max() * 100:.1f}% confident", delta_color="off")
+        c1.metric("Prediction", str(int(p.argmax())), f"{p.max() * 100:.1f}% confident", delta_color="off", delta_arrow="off")
         c2.image(np.kron(as_picture(x), np.ones((5, 5), np.uint8)), caption="What the model sees (28x28)")
         st.plotly_chart(probability_bars(p), key="bars")
 
@@ -107,7 +107,7 @@ def main() -> None:
         except StoreError as e:
             col.error(str(e))
             continue
-        col.metric(c.label, str(int(q.argmax())), f"{q.max() * 100:.1f}%", delta_color="off")
+        col.metric(c.label, str(int(q.argmax())), f"{q.max() * 100:.1f}%", delta_color="off", delta_arrow="off")
 
 
 main()

@@ -93,7 +93,9 @@ def live(run_id: int) -> None:
         c1, c2, c3 = st.columns(3)
         c1.plotly_chart(lab.curves({"": rows}, ["train_acc", "test_acc"], "Accuracy", "%"), key="acc")
         c2.plotly_chart(lab.curves({"": rows}, ["train_loss", "test_loss"], "Loss", "cross-entropy"), key="loss")
-        c3.plotly_chart(lab.curves({"": rows}, ["lr"], "Learning rate", "lr"), key="lr")
+        lr = lab.curves({"": rows}, ["lr"], "Learning rate", "lr (log scale)")
+        lr.update_yaxes(type="log", exponentformat="power")
+        c3.plotly_chart(lr, key="lr")
     with st.expander("Config"):
         st.json(run.config.to_json())
     was_active = st.session_state.get(f"active-{run.id}")

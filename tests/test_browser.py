@@ -1,0 +1,170 @@
+"""End to end: a real `streamlit run` on a free port, driven by Playwright in Debian's Chromium.
+
+Visits every page without an error box, trains a tiny run from the Train page and watches its chart
+gain points, draws a digit with the mouse and waits for a prediction. Screenshots land in
+test-artifacts/screenshots/ (the path is printed).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not installed (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The dashboard on a free port with an empty temporary run store; yields its base URL."""
+    folder = tmp_path_factory.mktemp("browser")
+    port = free_port()
+    env = {**os.environ, "MNIST_LAB_DB": f"sqlite:///{folder / 'runs.db'}"}
+    log = open(folder / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"streamlit did not start: {(folder / 'streamlit.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {SHOTS}")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def settle(page, text: str) -> None:
+    """Wait until `text` is shown and the script has stopped running."""
+    page.get_by_text(text, exact=False).first.wait_for()
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]')", timeout=60_000)
+    page.wait_for_timeout(500)
+
+
+def no_error_box(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    boxes = page.locator(ERRORS)
+    assert boxes.count() == 0, f"{name}: {boxes.first.inner_text()}"
+
+
+def chart_points(page) -> int:
+    """Markers in the Train page's accuracy chart (train and test: two per epoch); 0 before the first epoch."""
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    if charts.count() == 0:
+        return 0
+    return charts.first.locator(".scatterlayer .point").count()
+
+
+def test_every_page_train_live_and_draw_a_digit(server, page):
+    t0 = time.monotonic()
+    page.goto(server)
+    settle(page, "Variants")
+    no_error_box(page, "1-home")
+
+    # Train: a tiny run, started from the page, watched live
+    page.goto(f"{server}/Train")
+    settle(page, "New run")
+    page.get_by_text("reference", exact=True).click()  # the tuned recipe: a usable model from a tiny run
+    page.wait_for_timeout(1000)
+    for label, value in (("Epochs", "3"), ("Training images", "2000"), ("Test images", "500")):
+        box = page.get_by_label(label, exact=False)
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_timeout(700)
+    page.get_by_role("button", name="Start").click()
+    page.get_by_text("Run 1: Model3").wait_for()
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        seen.append(chart_points(page))
+        if page.get_by_text("3 epoch(s) recorded").count() and seen[-1] == 6:
+            break
+        page.wait_for_timeout(500)
+    assert seen[-1] == 6, f"the accuracy chart never showed 3 epochs x 2 curves; points seen: {sorted(set(seen))}"
+    assert min(seen) < 6, "the chart was never seen growing"
+    settle(page, "finished")
+    page.wait_for_timeout(1500)  # the page reruns once when the run ends
+    no_error_box(page, "2-train")
+
+    page.goto(f"{server}/Compare")
+    settle(page, "Summary")
+    no_error_box(page, "3-compare")
+
+    # Draw: a '1' and a '7'-ish stroke with the mouse; a prediction appears
+    page.goto(f"{server}/Draw")
+    settle(page, "Brush size")
+    canvas = page.locator("canvas").last
+    canvas.wait_for()
+    page.wait_for_timeout(1000)
+    box = canvas.bounding_box()
+    x0, y0 = box["x"], box["y"]
+    page.mouse.move(x0 + 90, y0 + 60)
+    page.mouse.down()
+    for i in range(1, 21):  # the bar of a 7
+        page.mouse.move(x0 + 90 + 5 * i, y0 + 60)
+    for i in range(1, 31):  # its leg
+        page.mouse.move(x0 + 190 - 2 * i, y0 + 60 + 6 * i)
+    page.mouse.up()
+    page.locator('[data-testid="stMetricValue"]').first.wait_for()
+    settle(page, "Prediction")
+    digit = page.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
+    assert digit in list("0123456789")
+    print(f"the model read the drawn digit as {digit}")
+    no_error_box(page, "4-draw")
+
+    # Inspect, reached through the sidebar so the drawn digit's feature maps are offered
+    page.locator('[data-testid="stSidebarNavLink"]', has_text="Inspect").click()
+    settle(page, "Feature maps")
+    page.get_by_text("convblock7: 12 channels").wait_for()
+    no_error_box(page, "5-inspect")
+    assert time.monotonic() - t0 < 180
