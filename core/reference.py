@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default=None, help="run store the runs are recorded in (default: runs/runs.db)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--recipe", choices=("reference", "seed"), default="reference", help="which recipe to train")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="*", default=[],
+                   help="override recipe settings (JSON values), for trying a candidate recipe with --out elsewhere")
     p.add_argument("--out", type=Path, default=REFERENCE_DIR, help="folder for the .pt/.json (default: core/reference)")
     p.add_argument("--table", action="store_true", help="print the README results table from --out and exit")
     p.add_argument("--seed-dirs", type=Path, nargs="*", default=None, help="with --table: folders of seed repeats")
@@ -139,9 +141,18 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(seed_stats_table(args.seed_dirs))
         return 0
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     store = RunStore(args.runs)
     for name in args.models:
-        config = recipe(name, args.recipe, seed=args.seed)
+        config = recipe(name, args.recipe, **{"seed": args.seed, **overrides})
         run_id = store.create_run(config, label=f"reference {name}")
         print(f"{name}: run {run_id} {config.to_json()}", flush=True)
         t0 = time.perf_counter()

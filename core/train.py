@@ -73,7 +73,9 @@ class Trainer:
         self.config = config.validate()
         self.device = pick_device(config.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
+            # The cores this process may run on (taskset/cgroups), not the machine's: more threads than
+            # cores makes OpenMP spin against itself, several times slower on this 2-core box.
+            torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         torch.manual_seed(config.seed)
         self.data = data.subset(config.train_limit, config.test_limit).to(self.device)
         self.model = build_model(config.model, config.dropout).to(self.device)
