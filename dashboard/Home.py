@@ -41,11 +41,12 @@ def home() -> None:
     rows = []
     for spec in MODELS.values():
         model = build_model(spec.name)
+        layers = receptive_field_table(model)
         rows.append(
             {
                 "variant": spec.name,
                 "params": count_parameters(model),
-                "receptive field": receptive_field_table(model)[-1].rf,
+                "RF of last 3x3 conv": [r for r in layers if r.kind == "conv" and r.kernel > 1][-1].rf,
                 "idea": spec.idea,
                 "seed's test %": spec.seed.best_test if spec.seed else None,
                 "our best test %": best.get(spec.name),

@@ -167,4 +167,12 @@ def test_every_page_train_live_and_draw_a_digit(server, page):
     settle(page, "Feature maps")
     page.get_by_text("convblock7: 12 channels").wait_for()
     no_error_box(page, "5-inspect")
+
+    # Clear empties the canvas: the prediction goes and the hint comes back
+    page.locator('[data-testid="stSidebarNavLink"]', has_text="Draw").click()
+    settle(page, "Brush size")
+    page.get_by_role("button", name="Clear").click()
+    settle(page, "to see what the models read")
+    assert page.locator('[data-testid="stMetricValue"]').count() == 0
+    no_error_box(page, "6-draw-cleared")
     assert time.monotonic() - t0 < 180

@@ -44,7 +44,7 @@ def test_home_lists_every_variant(store_url):
     at = open_page()
     table = at.dataframe[0].value
     assert list(table["variant"]) == list(MODELS)
-    assert {"params", "receptive field", "idea", "seed's test %", "our best test %"} <= set(table.columns)
+    assert {"params", "RF of last 3x3 conv", "idea", "seed's test %", "our best test %"} <= set(table.columns)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -90,4 +90,40 @@ def test_train_page_starts_a_run_that_finishes_and_the_other_pages_use_it(store_
     at = open_page("views/Inspect.py")
     assert at.selectbox(key="inspect-model").value.run_id == run.id
     assert len(at.dataframe) == 1  # the layer table
+    assert any("Test set:" in s.value for s in at.subheader)
+
+
+@pytest.mark.slow
+def test_pages_use_shipped_reference_models(store_url, tmp_path, monkeypatch):
+    """With a reference in core/reference (here: a temporary folder), every page offers and uses it."""
+    if not mnist_present():
+        pytest.skip("MNIST files not found: set MNIST_ROOT")
+    import functools
+    import sys
+
+    import core.reference as reference
+    from core.config import recipe
+    from core.data import load_mnist
+    from core.train import Trainer
+
+    folder = tmp_path / "reference"
+    trainer = Trainer(recipe("Tiny4k", "reference", epochs=1, train_limit=500, test_limit=200), load_mnist())
+    epochs = [vars(r) for r in trainer.epochs()]
+    reference.save_reference(trainer.config, trainer.model, epochs, 1.0, folder=folder)
+    monkeypatch.setattr(reference, "REFERENCE_DIR", folder)
+    monkeypatch.setattr(reference, "reference_info", functools.partial(reference.reference_info, folder=folder))
+    sys.path.insert(0, str(Path(HOME).parent))
+    import lab  # the pages' shared module keeps its own reference to reference_info
+
+    monkeypatch.setattr(lab, "reference_info", reference.reference_info)
+
+    at = open_page()
+    table = at.dataframe[0].value.set_index("variant")
+    assert table.loc["Tiny4k", "our best test %"] == pytest.approx(epochs[0]["test_acc"])
+    at = open_page("views/Compare.py")
+    assert at.multiselect(key="runs").value == ["Tiny4k (reference)"]
+    at = open_page("views/Draw.py")
+    assert at.selectbox(key="draw-model").value.reference
+    at = open_page("views/Inspect.py")
+    assert at.selectbox(key="inspect-model").value.label == "Tiny4k (reference)"
     assert any("Test set:" in s.value for s in at.subheader)
