@@ -111,6 +111,7 @@ def curves(series: dict[str, list[dict]], metrics: list[str], title: str, y_titl
         title=title, xaxis_title="epoch", yaxis_title=y_title, height=320, margin=dict(l=10, r=10, t=40, b=10),
         legend=dict(orientation="h", y=-0.25),
     )
+    fig.update_xaxes(tickformat="d")  # epochs are whole numbers
     return fig
 
 

@@ -127,3 +127,46 @@ def test_pages_use_shipped_reference_models(store_url, tmp_path, monkeypatch):
     at = open_page("views/Inspect.py")
     assert at.selectbox(key="inspect-model").value.label == "Tiny4k (reference)"
     assert any("Test set:" in s.value for s in at.subheader)
+
+
+def test_a_run_started_while_another_trains_is_queued_and_can_be_stopped(store_url):
+    import os
+
+    from core.config import TrainConfig
+    from core.runs import RunStore
+
+    store = RunStore(store_url)
+    busy = store.create_run(TrainConfig(epochs=1, train_limit=100, test_limit=100))
+    assert store.claim(busy, os.getpid())  # this test process "trains": the machine's one slot is taken
+    at = open_page("views/Train.py")
+    at.number_input(key="tl-Model3-seed").set_value(100)
+    at.button(key="start").click().run()
+    new = store.list_runs(limit=1)[0]
+    assert new.id != busy and new.status == "queued"
+    assert any("Queued" in i.value for i in at.info)
+    at.button(key=f"stop-{new.id}").click().run()
+    deadline = time.monotonic() + 60
+    while store.get(new.id).status != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert store.get(new.id).status == "stopped"
+    from core.runs import _pid_alive
+
+    while _pid_alive(new.pid) and time.monotonic() < deadline:  # its waiting process gives up
+        time.sleep(0.5)
+    assert not _pid_alive(new.pid)
+    store.finish(busy, "finished")
+
+
+def test_a_failed_run_shows_its_error(store_url):
+    from core.config import TrainConfig
+    from core.runs import RunStore
+
+    store = RunStore(store_url)
+    run_id = store.create_run(TrainConfig())
+    store.finish(run_id, "failed", "MNIST not found in data/MNIST/raw")
+    at = AppTest.from_file(HOME, default_timeout=60)
+    at.query_params["run"] = str(run_id)
+    at.switch_page("views/Train.py")
+    at.run()
+    assert not at.exception
+    assert any("failed: MNIST not found" in e.value for e in at.error)
