@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -167,6 +168,8 @@ def test_every_page_train_live_and_draw_a_digit(server, page):
     settle(page, "Feature maps")
     page.get_by_text("convblock7: 12 channels").wait_for()
     no_error_box(page, "5-inspect")
+    page.get_by_text("convblock7: 12 channels").scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "5b-inspect-feature-maps.png"))
 
     # Clear empties the canvas: the prediction goes and the hint comes back
     page.locator('[data-testid="stSidebarNavLink"]', has_text="Draw").click()
@@ -175,4 +178,18 @@ def test_every_page_train_live_and_draw_a_digit(server, page):
     settle(page, "to see what the models read")
     assert page.locator('[data-testid="stMetricValue"]').count() == 0
     no_error_box(page, "6-draw-cleared")
+
+    # an uploaded photo-like picture (dark ink on light paper) is read too; a non-picture is refused
+    picture = SHOTS.parent / "upload-digit.png"
+    img = Image.new("L", (120, 160), 235)
+    ImageDraw.Draw(img).line([(60, 20), (60, 140)], fill=20, width=14)
+    img.save(picture)
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(picture))
+    page.locator('[data-testid="stMetricValue"]').first.wait_for()
+    settle(page, "Prediction")
+    no_error_box(page, "7-draw-upload")
+    bogus = SHOTS.parent / "not-a-picture.png"
+    bogus.write_bytes(b"this is not a PNG")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(bogus))
+    page.get_by_text("is not a readable PNG or JPEG picture").wait_for()
     assert time.monotonic() - t0 < 180

@@ -69,6 +69,8 @@ def main() -> None:
         upload = st.file_uploader("...or upload a picture of a digit (PNG/JPEG, max 2 MB)", type=["png", "jpg", "jpeg"], key="upload")
 
     image = read_upload(upload) if upload is not None else canvas.image_data
+    if upload is not None:
+        left.caption("Reading the uploaded picture; remove it to read the canvas again.")
     with right:
         choice = lab.pick_model("draw-model")
         if image is None:
