@@ -110,7 +110,9 @@ class MNIST:
 
 def normalise(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float (N, 1, 28, 28) with the seed's mean/std."""
-    return ((images_uint8.float() / 255.0 - MEAN) / STD).unsqueeze(1)
+    x = images_uint8.float()
+    x.div_(255.0).sub_(MEAN).div_(STD)  # in place: no 188 MB temporaries for the 60,000 training images
+    return x.unsqueeze(1)
 
 
 @functools.lru_cache(maxsize=2)
