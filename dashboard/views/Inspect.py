@@ -29,7 +29,7 @@ def mosaic(maps: np.ndarray, per_row: int = 8) -> np.ndarray:
     """(C, H, W) activations -> one uint8 picture, channels tiled left to right, each scaled to its own range."""
     c, h, w = maps.shape
     rows = -(-c // per_row)
-    out = np.zeros((rows * (h + 1), per_row * (w + 1)), dtype=np.uint8)
+    out = np.full((rows * (h + 1), per_row * (w + 1)), 90, dtype=np.uint8)  # grey lines between channels
     for i, m in enumerate(maps):
         span = m.max() - m.min()
         tile = (m - m.min()) / span * 255 if span > 0 else np.zeros_like(m)
