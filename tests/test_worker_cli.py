@@ -1,0 +1,144 @@
+"""The training process as users start it: `python -m core.train`, a real subprocess, real signals."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.runs import RunStore
+from tests.conftest import make_synthetic_mnist
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env_root: Path | None = None, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if env_root is not None:
+        env["MNIST_ROOT"] = str(env_root)
+    return subprocess.Popen([sys.executable, "-m", "core.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def run_cli(*args: str, env_root: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    p = cli(*args, env_root=env_root)
+    out, err = p.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def wait_until(cond, timeout: float = 90.0, what: str = "condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def slow_root(tmp_path):
+    """Enough synthetic images that an epoch of Model3 takes about a second."""
+    return make_synthetic_mnist(tmp_path / "mnist", n_train=3000, n_test=200)
+
+
+def test_killed_run_is_interrupted_keeps_its_epochs_and_resumes(slow_root, store_url):
+    p = cli("--model", "Model3", "--epochs", "8", "--quiet", "--runs", store_url, "--data", str(slow_root))
+    store = RunStore(store_url)
+    wait_until(lambda: store.list_runs() and store.list_runs()[0].epoch >= 2, what="two finished epochs")
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    run = store.list_runs()[0]
+    assert run.status == "interrupted"
+    before = store.epochs(run.id)
+    assert len(before) >= 2 and [e["epoch"] for e in before] == list(range(1, len(before) + 1))
+
+    done = run_cli("--run-id", str(run.id), "--quiet", "--runs", store_url, "--data", str(slow_root))
+    assert done.returncode == 0, done.stderr
+    assert f"resuming run {run.id} after epoch" in done.stdout
+    after = store.epochs(run.id)
+    assert [e["epoch"] for e in after] == list(range(1, 9))
+    assert after[: len(before)] == before  # finished epochs are untouched
+    assert store.get(run.id).status == "finished"
+
+
+def test_stop_request_stops_cleanly_and_keeps_finished_epochs(slow_root, store_url):
+    p = cli("--model", "Model3", "--epochs", "20", "--quiet", "--runs", store_url, "--data", str(slow_root))
+    store = RunStore(store_url)
+    wait_until(lambda: store.list_runs() and store.list_runs()[0].epoch >= 1, what="one finished epoch")
+    run_id = store.list_runs()[0].id
+    store.request_stop(run_id)
+    assert p.wait(timeout=60) == 3
+    run = store.get(run_id)
+    assert run.status == "stopped" and 1 <= run.epoch < 20
+    assert len(store.epochs(run_id)) == run.epoch and store.has_checkpoint(run_id, "last")
+
+
+def test_sigterm_is_a_clean_stop(slow_root, store_url):
+    p = cli("--model", "Model3", "--epochs", "20", "--quiet", "--runs", store_url, "--data", str(slow_root))
+    store = RunStore(store_url)
+    wait_until(lambda: store.list_runs() and store.list_runs()[0].status == "running", what="the run to start")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 3
+    assert store.list_runs()[0].status == "stopped"
+
+
+def test_second_run_waits_for_the_first(slow_root, store_url):
+    first = cli("--model", "Model3", "--epochs", "3", "--quiet", "--runs", store_url, "--data", str(slow_root))
+    store = RunStore(store_url)
+    wait_until(lambda: store.list_runs() and store.list_runs()[0].status == "running", what="the first run to start")
+    second = cli("--model", "Model2", "--epochs", "1", "--quiet", "--runs", store_url, "--data", str(slow_root))
+    wait_until(lambda: len(store.list_runs()) == 2, what="the second run to be recorded")
+    time.sleep(1.0)
+    newest = store.list_runs()[0]
+    if first.poll() is None:
+        assert newest.status == "queued"
+    out, _ = second.communicate(timeout=120)
+    assert second.returncode == 0 and "queued" in out
+    assert first.wait(timeout=120) == 0
+    assert [r.status for r in store.list_runs()] == ["finished", "finished"]
+    a, b = sorted(store.list_runs(), key=lambda r: r.id)
+    assert b.started_at >= a.ended_at - 0.5  # they did not train at the same time
+
+
+def test_help_documents_every_setting_with_its_default():
+    out = run_cli("--help").stdout
+    for flag in ("--model", "--epochs", "--lr", "--scheduler", "--augment", "--seed", "--device", "--data", "--run-id"):
+        assert flag in out
+    assert "(default: 15)" in out and "(default: Model3)" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "ResNet"], "unknown model 'ResNet'"),
+        (["--lr", "-0.1"], "lr must be > 0"),
+        (["--scheduler", "cosine"], "scheduler must be one of"),
+        (["--epochs", "many"], "invalid int value"),
+        (["--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(args, message, synthetic_root, store_url):
+    r = run_cli(*args, "--runs", store_url, "--data", str(synthetic_root))
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_dataset_exits_2_and_records_nothing(tmp_path, store_url):
+    r = run_cli("--epochs", "1", "--runs", store_url, "--data", str(tmp_path / "nowhere"))
+    assert r.returncode == 2
+    assert "MNIST not found" in r.stderr and "MNIST_ROOT" in r.stderr and "Traceback" not in r.stderr
+    assert RunStore(store_url).list_runs() == []
+
+
+@pytest.mark.slow
+def test_tiny_real_run_through_the_cli(mnist_root, store_url):
+    r = run_cli("--model", "Model3", "--epochs", "1", "--train-limit", "2000", "--test-limit", "500",
+                "--recipe", "reference", "--runs", store_url, env_root=mnist_root)
+    assert r.returncode == 0, r.stderr
+    assert "epoch  1/1" in r.stdout and "finished: run 1" in r.stdout
+    run = RunStore(store_url).get(1)
+    assert run.status == "finished" and run.best_test_acc > 50 and run.config.train_limit == 2000
