@@ -68,8 +68,14 @@ checkpoints_table = sa.Table(
     sa.Column("data", sa.LargeBinary, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+schema_table = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
 sa.Index("runs_status", runs_table.c.status)
 sa.Index("runs_sweep", runs_table.c.sweep)
+SCHEMA_VERSION = 1  # bump with a schema change; an older store gets missing columns by ALTER TABLE ... ADD COLUMN
 
 
 class StoreError(RuntimeError):
@@ -114,6 +120,20 @@ def default_url() -> str:
     return os.environ.get("MNIST_LAB_DB") or f"sqlite:///{Path(__file__).resolve().parent.parent / 'runs' / 'runs.db'}"
 
 
+def normalise_url(url: str) -> str:
+    """A bare path is a SQLite file; postgres:// and postgresql:// use the psycopg 3 driver (psycopg[binary])."""
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -132,9 +152,7 @@ class RunStore:
     """All reads and writes of runs. Safe to share between threads; one per process is enough."""
 
     def __init__(self, url: str | None = None):
-        url = url or default_url()
-        if "://" not in url:  # a bare path means a SQLite file
-            url = f"sqlite:///{Path(url).expanduser().resolve()}"
+        url = normalise_url(url or default_url())
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -151,11 +169,41 @@ class RunStore:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.folder = None
-            self.engine = sa.create_engine(url, pool_pre_ping=True)
+            try:
+                self.engine = sa.create_engine(
+                    url, pool_pre_ping=True, pool_size=2, max_overflow=4, connect_args=_connect_args(url)
+                )
+            except (ImportError, sa.exc.ArgumentError) as e:
+                raise StoreError(f"cannot use the run store URL {self.safe_url}: {_one_line(e)} "
+                                 "(PostgreSQL needs `pip install 'psycopg[binary]'`)") from None
         try:
-            metadata.create_all(self.engine)
-        except sa.exc.OperationalError as e:
-            raise StoreError(f"cannot open the run store at {self.safe_url}: {e.orig}") from None
+            self._create_or_upgrade_schema()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
+            raise StoreError(f"cannot open the run store at {self.safe_url}: {_one_line(e.orig or e)}") from None
+
+    def _create_or_upgrade_schema(self) -> None:
+        """Create missing tables, add columns newer code expects (additive ALTERs only), record the version.
+        On PostgreSQL an advisory lock makes concurrent workers opening a fresh database take turns."""
+        with self.engine.begin() as c:
+            if c.dialect.name == "postgresql":
+                c.execute(sa.text("SELECT pg_advisory_xact_lock(7240331)"))
+            metadata.create_all(c)
+            have = {t: {col["name"] for col in sa.inspect(c).get_columns(t)} for t in metadata.tables}
+            for table in metadata.tables.values():
+                for col in table.columns:
+                    if col.name not in have[table.name]:
+                        kind = col.type.compile(dialect=c.dialect)
+                        c.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}'))
+                for index in table.indexes:
+                    index.create(c, checkfirst=True)
+            version = c.execute(sa.select(sa.func.max(schema_table.c.version))).scalar()
+            if version is None:
+                c.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+            elif version > SCHEMA_VERSION:
+                raise StoreError(f"the run store at {self.safe_url} has schema version {version}, newer than this "
+                                 f"code's {SCHEMA_VERSION}: update the code")
+            elif version < SCHEMA_VERSION:
+                c.execute(schema_table.update().values(version=SCHEMA_VERSION))
 
     @property
     def safe_url(self) -> str:
@@ -201,6 +249,17 @@ class RunStore:
             q = q.limit(limit)
         with self.engine.connect() as c:
             return [_run(r) for r in c.execute(q).mappings()]
+
+    def sweeps(self) -> list[str]:
+        """Sweep ids that have trials in the store, newest first."""
+        q = (
+            sa.select(runs_table.c.sweep)
+            .where(runs_table.c.sweep.is_not(None))
+            .group_by(runs_table.c.sweep)
+            .order_by(sa.func.max(runs_table.c.id).desc())
+        )
+        with self.engine.connect() as c:
+            return [r[0] for r in c.execute(q)]
 
     def update(self, run_id: int, **values) -> None:
         with self.engine.begin() as c:
@@ -382,6 +441,11 @@ def load_state_bytes(data: bytes, where: str) -> dict:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
         raise StoreError(f"checkpoint {where} is corrupt or not a checkpoint of this lab ({type(e).__name__})") from None
+
+
+def _connect_args(url: str) -> dict:
+    # An unreachable server fails in seconds, not after the OS's TCP timeout.
+    return {"connect_timeout": 5} if url.startswith("postgresql") else {}
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

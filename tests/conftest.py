@@ -54,3 +54,61 @@ def mnist_root() -> Path:
     if not root or not all((raw_dir(Path(root)) / f).is_file() for f in FILES.values()):
         pytest.skip("real MNIST not found: set MNIST_ROOT to a folder holding MNIST/raw/")
     return Path(root)
+
+
+# ---- a real PostgreSQL server for the store's tests (Debian's `postgresql` package) ----------------------
+def _postgres_bin() -> Path | None:
+    """The newest server bin folder (/usr/lib/postgresql/<ver>/bin): Debian keeps initdb off PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    return found[-1].parent if found else None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL server for the session: initdb into a temp dir owned by `postgres` (initdb
+    refuses root), pg_ctl on a free loopback port; stopped and removed afterwards. Yields a URL without database."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin: apt-get install postgresql")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    tmp = Path(tempfile.mkdtemp(prefix="mnist-lab-pg-"))
+    if as_postgres:
+        shutil.chown(tmp, "postgres", "postgres")
+    data, port = tmp / "data", _free_port()
+    subprocess.run([*as_postgres, bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
+                   check=True, capture_output=True)
+    opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    subprocess.run([*as_postgres, bin_dir / "pg_ctl", "-D", data, "-l", tmp / "server.log", "-o", opts, "-w", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(postgres_server: str) -> str:
+    """A fresh, empty database on the session's PostgreSQL server, for one test."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return f"{postgres_server}/{name}"

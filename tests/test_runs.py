@@ -1,3 +1,4 @@
+import io
 import os
 import subprocess
 import sys
@@ -9,8 +10,18 @@ import sqlalchemy as sa
 import torch
 
 from core.config import TrainConfig
-from core.runs import RunStore, StoreError
+from core.runs import SCHEMA_VERSION, RunStore, StoreError
 from core.train import EpochResult
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """Every test of this file runs against a SQLite file and against a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs' / 'runs.db'}"
+    return request.getfixturevalue("pg_url")
 
 
 def epoch(n: int, acc: float = 90.0) -> EpochResult:
@@ -34,6 +45,8 @@ def test_run_round_trip(store_url):
 
 def test_sqlite_store_uses_wal(store_url):
     store = RunStore(store_url)
+    if not store.is_sqlite:
+        pytest.skip("WAL is SQLite's; PostgreSQL readers never block writers anyway (MVCC)")
     with store.engine.connect() as c:
         assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
@@ -43,19 +56,34 @@ def test_checkpoint_round_trip_is_atomic_and_weights_only(store_url):
     rid = store.create_run(TrainConfig())
     state = {"model": {"w": torch.arange(6.0)}, "epochs_done": 2}
     store.save_checkpoint(rid, "last", state)
-    assert torch.equal(store.load_checkpoint(rid, "last")["model"]["w"], torch.arange(6.0))
-    assert [p.name for p in store.run_dir(rid).iterdir()] == ["last.pt"]  # no temp file left behind
+    store.save_checkpoint(rid, "last", {**state, "epochs_done": 3})  # overwrite
+    loaded = store.load_checkpoint(rid, "last")
+    assert torch.equal(loaded["model"]["w"], torch.arange(6.0)) and loaded["epochs_done"] == 3
+    if store.is_sqlite:
+        assert [p.name for p in store.run_dir(rid).iterdir()] == ["last.pt"]  # no temp file left behind
+    else:  # a binary row in the database: no shared disk needed
+        with store.engine.connect() as c:
+            assert c.execute(sa.text("select count(*) from checkpoints")).scalar() == 1
+
+
+def corrupt_checkpoint(store: RunStore, rid: int, data: bytes) -> None:
+    if store.is_sqlite:
+        (store.run_dir(rid) / "last.pt").write_bytes(data)
+    else:
+        with store.engine.begin() as c:
+            c.execute(sa.text("update checkpoints set data = :d where run_id = :r"), {"d": data, "r": rid})
 
 
 def test_corrupt_or_unsafe_checkpoint_is_a_clear_error(store_url, tmp_path):
     store = RunStore(store_url)
     rid = store.create_run(TrainConfig())
     store.save_checkpoint(rid, "last", {"x": torch.zeros(3)})
-    path = store.run_dir(rid) / "last.pt"
-    path.write_bytes(path.read_bytes()[:50])
+    corrupt_checkpoint(store, rid, b"PK\x03\x04 half a checkpoint")
     with pytest.raises(StoreError, match="corrupt"):
         store.load_checkpoint(rid, "last")
-    torch.save({"obj": TrainConfig()}, path)  # a pickled object: refused by weights_only=True
+    buf = io.BytesIO()
+    torch.save({"obj": TrainConfig()}, buf)  # a pickled object: refused by weights_only=True
+    corrupt_checkpoint(store, rid, buf.getvalue())
     with pytest.raises(StoreError, match="corrupt"):
         store.load_checkpoint(rid, "last")
     with pytest.raises(StoreError, match="no 'best' checkpoint"):
@@ -95,6 +123,32 @@ def test_unreachable_database_is_one_clear_error(tmp_path):
         RunStore(f"sqlite:///{blocker}/sub/runs.db")
 
 
+def test_unreachable_postgresql_is_one_clear_error():
+    from tests.conftest import _free_port
+
+    t0 = time.monotonic()
+    with pytest.raises(StoreError, match=r"cannot open the run store at postgresql\+psycopg://lab:\*\*\*@127.0.0.1") as e:
+        RunStore(f"postgresql://lab:secret@127.0.0.1:{_free_port()}/lab")
+    assert "\n" not in str(e.value) and "secret" not in str(e.value)
+    assert time.monotonic() - t0 < 10
+
+
+def test_older_store_is_upgraded_in_place(store_url):
+    store = RunStore(store_url)
+    old = store.create_run(TrainConfig())
+    with store.engine.begin() as c:  # make it look like a store from before sweeps existed
+        c.execute(sa.text("drop index runs_sweep"))
+        c.execute(sa.text("alter table runs drop column sweep"))
+        c.execute(sa.text("delete from schema_version"))
+    store.engine.dispose()
+    store = RunStore(store_url)
+    assert store.get(old).sweep is None
+    new = store.create_run(TrainConfig(), sweep="s1")
+    assert [r.id for r in store.list_runs(sweep="s1")] == [new]
+    with store.engine.connect() as c:
+        assert c.execute(sa.text("select version from schema_version")).scalar() == SCHEMA_VERSION
+
+
 WRITER = textwrap.dedent(
     """
     import sys, time
@@ -113,7 +167,7 @@ WRITER = textwrap.dedent(
 def test_readers_are_not_blocked_while_a_writer_runs(store_url):
     store = RunStore(store_url)
     rid = store.create_run(TrainConfig())
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, store_url, str(rid)], cwd=os.path.dirname(os.path.dirname(__file__)))
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, store_url, str(rid)], cwd=ROOT)
     counts = []
     while writer.poll() is None:
         counts.append(len(store.epochs(rid)))
@@ -123,3 +177,38 @@ def test_readers_are_not_blocked_while_a_writer_runs(store_url):
     assert len(store.epochs(rid)) == 200
     with store.engine.connect() as c:
         assert c.execute(sa.text("select count(*) from epochs")).scalar() == 200
+
+
+CONCURRENT_WRITER = textwrap.dedent(
+    """
+    import sys
+    from core.config import TrainConfig
+    from core.runs import RunStore
+    from core.train import EpochResult
+    store = RunStore(sys.argv[1])
+    tag = int(sys.argv[2])
+    for k in range(3):  # three runs per writer, created while the other writers create theirs
+        rid = store.create_run(TrainConfig(model="Model1", seed=tag), label=f"w{tag}-{k}")
+        for n in range(1, 31):
+            store.add_epoch(rid, EpochResult(n, 0.1, 50.0, 0.1, tag + n / 100, 0.01, 0.1))
+            store.save_checkpoint(rid, "last", {"tag": tag, "epoch": n})
+    """
+)
+
+
+def test_concurrent_writers_lose_and_mix_no_rows(store_url):
+    store = RunStore(store_url)
+    writers = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITER, store_url, str(tag)], cwd=ROOT) for tag in range(1, 5)
+    ]
+    assert [w.wait(timeout=240) for w in writers] == [0] * 4
+    runs = store.list_runs()
+    assert len(runs) == 12 and len({r.id for r in runs}) == 12
+    for run in runs:
+        tag = run.config.seed
+        assert run.label.startswith(f"w{tag}-")
+        rows = store.epochs(run.id)
+        assert [e["epoch"] for e in rows] == list(range(1, 31))
+        assert all(int(e["test_acc"]) == tag for e in rows)  # every row is this run's own
+        assert run.epoch == 30 and run.best_test_acc == pytest.approx(tag + 0.30)
+        assert store.load_checkpoint(run.id, "last") == {"tag": tag, "epoch": 30}
