@@ -60,7 +60,6 @@ def chosen_run_id() -> int | None:
     return newest[0].id if newest else None
 
 
-@st.fragment(run_every=1.0)
 def live(run_id: int) -> None:
     """The run's state, re-read from the store every second; nothing here trains."""
     store = lab.store()
@@ -115,7 +114,12 @@ def main() -> None:
         if run_id is None:
             st.info("No run yet: choose a variant and press Start.")
         else:
-            live(run_id)
+            try:
+                active = lab.store().get(run_id).active
+            except StoreError:
+                active = False
+            # re-read the store every second while the run is queued or training; a finished run stays still
+            st.fragment(live, run_every=1.0 if active else None)(run_id)
 
 
 main()
