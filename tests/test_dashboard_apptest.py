@@ -99,7 +99,6 @@ def test_pages_use_shipped_reference_models(store_url, tmp_path, monkeypatch):
     if not mnist_present():
         pytest.skip("MNIST files not found: set MNIST_ROOT")
     import functools
-    import sys
 
     import core.reference as reference
     from core.config import recipe
@@ -112,7 +111,7 @@ def test_pages_use_shipped_reference_models(store_url, tmp_path, monkeypatch):
     reference.save_reference(trainer.config, trainer.model, epochs, 1.0, folder=folder)
     monkeypatch.setattr(reference, "REFERENCE_DIR", folder)
     monkeypatch.setattr(reference, "reference_info", functools.partial(reference.reference_info, folder=folder))
-    sys.path.insert(0, str(Path(HOME).parent))
+    monkeypatch.syspath_prepend(str(Path(HOME).parent))
     import lab  # the pages' shared module keeps its own reference to reference_info
 
     monkeypatch.setattr(lab, "reference_info", reference.reference_info)
