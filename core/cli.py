@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default=None, help="run store: database URL or SQLite file (default: $MNIST_LAB_DB, else runs/runs.db)")
     p.add_argument("--run-id", type=int, default=None, help="train (or resume) this existing run from the store")
     p.add_argument("--label", default="", help="a name to show for the run in the dashboard")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run on Ray: auto, ray://host:port or local; none = a local process "
+                        "(default: $MNIST_LAB_RAY, else a local process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, only the per-epoch lines")
     return p
 
@@ -73,6 +76,28 @@ def format_epoch(r, epochs: int) -> str:
         f"epoch {r.epoch:>2}/{epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:6.2f}%  "
         f"test loss {r.test_loss:.4f} acc {r.test_acc:6.2f}%  lr {r.lr:.5f}  {r.seconds:5.1f}s"
     )
+
+
+def follow_on_ray(store: RunStore, run_id: int, config: TrainConfig, data: str | None, address: str, on_epoch) -> str:
+    """Submit the run to Ray and print its epochs from the store until it ends; Ctrl-C asks it to stop."""
+    from core.ray_exec import submit_run
+    from core.train import EpochResult
+
+    submit_run(run_id, store.url, data, address, config.device)
+    print(f"run {run_id} submitted to Ray at {address}; Ctrl-C asks it to stop", flush=True)
+    printed = 0
+    while True:
+        try:
+            run = store.get(run_id)
+            for row in store.epochs(run_id)[printed:]:
+                on_epoch(EpochResult(**{k: v for k, v in row.items() if k != "run_id"}))
+                printed += 1
+            if not run.active:
+                return run.status
+            time.sleep(1.0)
+        except KeyboardInterrupt:
+            store.request_stop(run_id)
+            print(f"stop requested for run {run_id}; waiting for it to finish its batch", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,8 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         print(format_epoch(r, config.epochs), flush=True)
 
     t0 = time.perf_counter()
+    from core.ray_exec import ray_address
+
+    address = ray_address() if args.ray is None else (None if args.ray.lower() == "none" else args.ray)
     try:
-        status = execute_run(run_id, store.url, args.data, on_epoch=on_epoch, on_batch=on_batch)
+        if address:
+            status = follow_on_ray(store, run_id, config, args.data, address, on_epoch)
+        else:
+            status = execute_run(run_id, store.url, args.data, on_epoch=on_epoch, on_batch=on_batch)
     except (DataError, StoreError) as e:
         return fail(str(e), EXIT_BAD_INPUT)
     finally:

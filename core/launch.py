@@ -1,7 +1,8 @@
 """Start a stored run as its own training process, so nothing trains inside the caller (the dashboard).
 
-The process is `python -m core.train --run-id N`; it queues itself when the machine's training slot
+Locally the process is `python -m core.train --run-id N`; it queues itself when the machine's training slot
 is taken (core.worker.wait_for_slot), writes its progress to the store, and watches its stop flag.
+With a Ray address ($MNIST_LAB_RAY) the run goes to the Ray cluster instead (core.ray_exec).
 """
 
 from __future__ import annotations
@@ -28,9 +29,22 @@ def log_path(store: RunStore, run_id: int) -> Path:
     return Path(tempfile.gettempdir()) / f"mnist-lab-run-{run_id}.log"
 
 
-def start_run(store: RunStore, config: TrainConfig, data_root: str | None = None, label: str = "") -> int:
-    """Record a new run and launch its training process, detached from the caller; returns the run id."""
+def start_run(
+    store: RunStore, config: TrainConfig, data_root: str | None = None, label: str = "", ray: str | None = None
+) -> int:
+    """Record a new run and launch its training process, detached from the caller; returns the run id.
+    `ray` (default $MNIST_LAB_RAY): a Ray address to run it on the cluster instead of a local subprocess."""
+    from core import ray_exec
+
+    address = ray or ray_exec.ray_address()
     run_id = store.create_run(config, label=label)
+    if address:
+        try:
+            ray_exec.submit_run(run_id, store.url, data_root, address, config.device)
+        except ray_exec.RayError as e:
+            store.finish(run_id, "failed", str(e))
+            raise
+        return run_id
     cmd = [sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", store.url, "--quiet"]
     if data_root:
         cmd += ["--data", str(data_root)]

@@ -1,0 +1,74 @@
+"""Scale-out on real components: runs on a local Ray instance writing to a real PostgreSQL store, and a
+Ray Tune sweep with ASHA whose trials are ordinary runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from core.config import TrainConfig
+from core.launch import start_run, stop_run
+from core.runs import RunStore
+from tests.conftest import make_synthetic_mnist
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'ray[tune]==2.60.0'")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    from core.ray_exec import connect
+
+    connect("local", num_cpus=2)
+    yield "local"
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory):
+    return str(make_synthetic_mnist(tmp_path_factory.mktemp("mnist"), n_train=256, n_test=64))
+
+
+def tiny(epochs: int, seed: int = 1) -> TrainConfig:
+    return TrainConfig(model="Model1", epochs=epochs, batch_size=64, lr=0.05, scheduler="none", augment=False,
+                       seed=seed, device="cpu")
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def test_two_runs_on_ray_finish_into_postgresql(ray_local, pg_url, tiny_mnist):
+    store = RunStore(pg_url)
+    ids = [start_run(store, tiny(2, seed), data_root=tiny_mnist, ray=ray_local) for seed in (1, 2)]
+    wait_until(lambda: all(store.get(i).status == "finished" for i in ids), 120, "both runs to finish")
+    for i in ids:
+        assert [e["epoch"] for e in store.epochs(i)] == [1, 2]
+        assert store.has_checkpoint(i, "best") and store.folder is None  # checkpoints are rows, not files
+    started = [(store.get(i).started_at, store.get(i).ended_at) for i in ids]
+    assert started[0][0] < started[1][1] and started[1][0] < started[0][1]  # they trained at the same time
+
+
+def test_ray_run_stops_on_request_and_a_killed_worker_leaves_it_interrupted(ray_local, pg_url, tiny_mnist):
+    store = RunStore(pg_url)
+    to_stop = start_run(store, tiny(200), data_root=tiny_mnist, ray=ray_local)
+    to_kill = start_run(store, tiny(200, seed=2), data_root=tiny_mnist, ray=ray_local)
+    wait_until(lambda: all(store.get(i).epoch >= 1 for i in (to_stop, to_kill)), 120, "both runs to finish an epoch")
+
+    stop_run(store, to_stop)
+    wait_until(lambda: store.get(to_stop).status == "stopped", 60, "the stop request to be honoured")
+
+    run = store.get(to_kill)
+    assert run.status == "running" and run.pid != os.getpid()
+    os.kill(run.pid, signal.SIGKILL)  # the Ray worker process that claimed the run
+    wait_until(lambda: store.get(to_kill).status == "interrupted", 30, "the killed run to count as interrupted")
+    assert store.has_checkpoint(to_kill, "last")  # resumable: `python -m core.train --run-id N` continues it
+    assert store.get(to_stop).epoch < 200
