@@ -65,9 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
-    model = given.get("model", TrainConfig.model)
     if args.recipe:
-        return recipe(model, args.recipe, **given)
+        return recipe(given.pop("model", TrainConfig.model), args.recipe, **given)
     return TrainConfig.from_dict(given)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core.config import TrainConfig
 from core.runs import Run, RunStore
-from core.runs import _pid_alive as pid_alive
+from core.runs import pid_alive
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -134,7 +134,7 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -265,11 +265,13 @@ class RunStore:
         with self.engine.begin() as c:
             c.execute(runs_table.update().where(runs_table.c.id == run_id).values(**values))
 
-    def claim(self, run_id: int, pid: int, max_running: int | None = None) -> bool:
-        """Mark a queued/interrupted/stopped run as running by this process. With max_running, only when
-        fewer runs than that are running on this host (a local queue). Atomic: one UPDATE."""
+    def claim(
+        self, run_id: int, pid: int, max_running: int | None = None, from_status: tuple[str, ...] = ("queued", "interrupted", "stopped")
+    ) -> bool:
+        """Mark a run that is in one of `from_status` as running by this process. With max_running, only
+        when fewer runs than that are running on this host (a local queue). Atomic: one UPDATE."""
         host = socket.gethostname()
-        cond = sa.and_(runs_table.c.id == run_id, runs_table.c.status.in_(("queued", "interrupted", "stopped")))
+        cond = sa.and_(runs_table.c.id == run_id, runs_table.c.status.in_(from_status))
         if max_running is not None:
             running = (
                 sa.select(sa.func.count())
@@ -322,7 +324,7 @@ class RunStore:
         dead = [
             r.id
             for r in rows
-            if (r.host == host and r.pid and not _pid_alive(r.pid))
+            if (r.host == host and r.pid and not pid_alive(r.pid))
             or (r.host != host and (r.heartbeat or 0) < time.time() - HEARTBEAT_TIMEOUT)
         ]
         if dead:

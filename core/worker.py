@@ -36,15 +36,15 @@ class _Throttle:
         return False
 
 
-def wait_for_slot(store: RunStore, run_id: int, max_running: int | None, log: Callable[[str], None]) -> bool:
-    """Claim the run, waiting while the host's slots are taken. False when it was stopped while waiting."""
+def wait_for_slot(store: RunStore, run_id: int, status: str, max_running: int | None, log: Callable[[str], None]) -> bool:
+    """Claim the run (still in `status`), waiting while the host's slots are taken. False when it was
+    stopped or taken over while waiting."""
     said = False
-    while not store.claim(run_id, os.getpid(), max_running):
+    while not store.claim(run_id, os.getpid(), max_running, from_status=(status,)):
         run = store.get(run_id)
-        if run.status not in ("queued", "interrupted", "stopped") or run.stop_requested:
+        if run.status != status or run.stop_requested:
+            log(f"run {run_id} is {run.status} now; not starting it")
             return False
-        if run.status == "stopped":
-            raise StoreError(f"run {run_id} is stopped and could not be claimed")
         if not said:
             log(f"run {run_id} queued: waiting for a free training slot on this machine")
             said = True
@@ -71,7 +71,7 @@ def execute_run(
         return "finished"
     if run.status == "running":
         raise StoreError(f"run {run_id} is already running (pid {run.pid} on {run.host})")
-    if not wait_for_slot(store, run_id, max_running, log):
+    if not wait_for_slot(store, run_id, run.status, max_running, log):
         return store.get(run_id).status
 
     stop_signal = threading.Event()

@@ -148,11 +148,11 @@ def test_a_run_started_while_another_trains_is_queued_and_can_be_stopped(store_u
     while store.get(new.id).status != "stopped" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert store.get(new.id).status == "stopped"
-    from core.runs import _pid_alive
+    from core.runs import pid_alive
 
-    while _pid_alive(new.pid) and time.monotonic() < deadline:  # its waiting process gives up
+    while pid_alive(new.pid) and time.monotonic() < deadline:  # its waiting process gives up
         time.sleep(0.5)
-    assert not _pid_alive(new.pid)
+    assert not pid_alive(new.pid)
     store.finish(busy, "finished")
 
 

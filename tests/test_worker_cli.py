@@ -136,9 +136,10 @@ def test_missing_dataset_exits_2_and_records_nothing(tmp_path, store_url):
 
 @pytest.mark.slow
 def test_tiny_real_run_through_the_cli(mnist_root, store_url):
-    r = run_cli("--model", "Model3", "--epochs", "1", "--train-limit", "2000", "--test-limit", "500",
-                "--recipe", "reference", "--runs", store_url, env_root=mnist_root)
+    r = run_cli("--model", "Model3", "--epochs", "1", "--train-limit", "5000", "--test-limit", "500",
+                "--recipe", "seed", "--runs", store_url, env_root=mnist_root)
     assert r.returncode == 0, r.stderr
     assert "epoch  1/1" in r.stdout and "finished: run 1" in r.stdout
     run = RunStore(store_url).get(1)
-    assert run.status == "finished" and run.best_test_acc > 50 and run.config.train_limit == 2000
+    assert run.status == "finished" and run.best_test_acc > 40 and run.config.train_limit == 5000
+    assert run.config.scheduler == "plateau"  # the seed recipe, picked by --recipe
