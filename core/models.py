@@ -166,6 +166,9 @@ TUNED = dict(
     optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, scheduler="onecycle", batch_size=128,
     dropout=0.0, weight_decay=1e-4,
 )
+# Tiny4k needs a little more augmentation than Model3: +-5% random shifts took seed 1 from 99.30/99.36/99.38
+# to 99.44/99.46/99.48 in epochs 13-15.
+TUNED_TINY = dict(TUNED, translate=0.05)
 
 # The one registry: pages, CLI, benchmarks and tests read it.
 MODELS: dict[str, ModelSpec] = {
@@ -178,7 +181,7 @@ MODELS: dict[str, ModelSpec] = {
         # The seed lists "Best Train Accuracy: 97.63%" twice for Model3; its own analysis quotes 99.27% test
         # at epoch 12, which we take as the best test figure.
         ModelSpec("Model3", Model3, "GAP net + Dropout 0.1 + LR scheduler", SeedFigures(5920, 99.35, 99.27), SEED_MODEL3, TUNED),
-        ModelSpec("Tiny4k", Tiny4k, "Ours: Model3's plan thinned to <5k params", None, SEED_MODEL3, TUNED),
+        ModelSpec("Tiny4k", Tiny4k, "Ours: Model3's plan thinned to <5k params", None, SEED_MODEL3, TUNED_TINY),
     ]
 }
 
