@@ -72,3 +72,23 @@ def test_ray_run_stops_on_request_and_a_killed_worker_leaves_it_interrupted(ray_
     wait_until(lambda: store.get(to_kill).status == "interrupted", 30, "the killed run to count as interrupted")
     assert store.has_checkpoint(to_kill, "last")  # resumable: `python -m core.train --run-id N` continues it
     assert store.get(to_stop).epoch < 200
+
+
+def test_sweep_with_asha_stops_a_weak_trial_early_and_every_trial_is_a_run(ray_local, pg_url, tiny_mnist):
+    from core.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec(
+        model="Model1", recipe="seed", space={"lr": [0.01, 1e-5, 0.02, 1e-6]},  # two that learn, two that cannot
+        base={"epochs": 3, "optimizer": "adam", "batch_size": 32, "scheduler": "none", "augment": False, "device": "cpu"},
+        search="grid", grace=1, reduction=2, max_concurrent=2,
+    )
+    trials = run_sweep(spec, pg_url, tiny_mnist, ray_local, sweep_id="sweep-test")
+    assert len(trials) == 4 and {t.config.lr for t in trials} == {0.01, 1e-5, 0.02, 1e-6}
+    store = RunStore(pg_url)
+    assert store.sweeps() == ["sweep-test"]
+    assert all(t.status in ("finished", "stopped") for t in trials), [(t.id, t.status, t.error) for t in trials]
+    early = [t for t in trials if t.status == "stopped"]
+    assert early and all(t.epoch < 3 for t in early)  # ASHA stopped at least one before its last epoch
+    assert any(t.status == "finished" and t.epoch == 3 for t in trials)
+    for t in trials:
+        assert [e["epoch"] for e in store.epochs(t.id)] == list(range(1, t.epoch + 1))
