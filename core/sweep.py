@@ -153,6 +153,43 @@ def run_sweep(spec: SweepSpec, store_url: str | None = None, data_root: str | No
     return store.list_runs(sweep=sweep_id)
 
 
+def command_line(spec: SweepSpec, sweep_id: str, store_url: str, data_root: str | None = None) -> list[str]:
+    """The `python -m core.sweep ...` command that runs this spec (what the Sweeps page launches)."""
+    cmd = [sys.executable, "-m", "core.sweep", "--model", spec.model, "--recipe", spec.recipe, "--search", spec.search,
+           "--samples", str(spec.samples), "--grace", str(spec.grace), "--reduction", str(spec.reduction),
+           "--sweep-id", sweep_id, "--runs", store_url]
+    for key in ("epochs", "train_limit", "test_limit"):
+        if key in spec.base:
+            cmd += [f"--{key.replace('_', '-')}", str(spec.base[key])]
+    for key, values in spec.space.items():
+        cmd += [f"--{key.replace('_', '-')}", ",".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    if spec.max_concurrent:
+        cmd += ["--max-concurrent", str(spec.max_concurrent)]
+    if data_root:
+        cmd += ["--data", str(data_root)]
+    return cmd
+
+
+def launch_sweep(spec: SweepSpec, store_url: str, data_root: str | None = None, sweep_id: str | None = None) -> str:
+    """Start the sweep as a background process (it outlives the caller); returns the sweep id. Output goes to
+    <tmp>/<sweep id>.log."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    spec.validate()
+    sweep_id = sweep_id or new_sweep_id()
+    log = Path(tempfile.gettempdir()) / f"mnist-lab-{sweep_id}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            command_line(spec, sweep_id, store_url, data_root), cwd=Path(__file__).resolve().parent.parent,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends: no zombie
+    return sweep_id
+
+
 def _values(kind: type, text: str) -> list:
     def one(s: str):
         s = s.strip()

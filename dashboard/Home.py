@@ -81,6 +81,7 @@ def main() -> None:
         st.Page("views/Compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("views/Draw.py", title="Draw", icon=":material/draw:"),
         st.Page("views/Inspect.py", title="Inspect", icon=":material/search:"),
+        st.Page("views/Sweeps.py", title="Sweeps", icon=":material/tune:"),
     ]
     st.navigation(pages).run()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,64 @@ def test_sweep_with_asha_stops_a_weak_trial_early_and_every_trial_is_a_run(ray_l
     assert any(t.status == "finished" and t.epoch == 3 for t in trials)
     for t in trials:
         assert [e["epoch"] for e in store.epochs(t.id)] == list(range(1, t.epoch + 1))
+
+
+# ---- the Sweeps page (streamlit AppTest, headless) ------------------------------------------------------
+HOME = str(Path(__file__).resolve().parent.parent / "dashboard" / "Home.py")
+
+
+@pytest.fixture
+def page_store(tmp_path, monkeypatch) -> RunStore:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    monkeypatch.setenv("MNIST_LAB_DB", url)
+    return RunStore(url)
+
+
+def sweeps_page():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(HOME, default_timeout=120)
+    at.run()
+    at.switch_page("views/Sweeps.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_sweeps_page_shows_trials_chart_and_opens_the_best_in_compare(page_store):
+    from core.train import EpochResult
+
+    ids = []
+    for lr, acc in ((0.01, 97.5), (0.05, 98.7), (1e-5, 11.0)):
+        rid = page_store.create_run(tiny(3).replace(lr=lr), label=f"sweep-x lr={lr}", sweep="sweep-x")
+        page_store.add_epoch(rid, EpochResult(1, 0.3, acc - 1, 0.2, acc, lr, 1.0))
+        page_store.finish(rid, "finished" if acc > 50 else "stopped")
+        ids.append(rid)
+    at = sweeps_page()
+    assert at.selectbox(key="sw-pick").value == "sweep-x"
+    table = at.dataframe[0].value
+    assert sorted(table["run"]) == sorted(ids) and set(table["status"]) == {"finished", "stopped"}
+    assert "best test %" in table.columns and table["lr"].tolist()
+    assert any(c.proto.spec and "parcoords" in c.proto.spec for c in at.get("plotly_chart"))
+    at.button(key="sw-compare").click().run()
+    assert at.multiselect(key="runs").value == [f"run {ids[1]}: Model1 sweep-x lr=0.05 (finished)"]
+
+
+def test_sweeps_page_launches_a_tiny_sweep_and_its_trials_appear(page_store, tiny_mnist, monkeypatch):
+    monkeypatch.setenv("MNIST_ROOT", tiny_mnist)
+    monkeypatch.delenv("MNIST_LAB_RAY", raising=False)  # the sweep process starts its own local Ray
+    at = sweeps_page()
+    at.selectbox(key="sw-model").set_value("Model1")
+    at.text_input(key="sw-lr").input("0.01, 0.05")
+    at.text_input(key="sw-bs").input("64")
+    at.number_input(key="sw-epochs").set_value(2)
+    at.number_input(key="sw-tl").set_value(0)
+    at.number_input(key="sw-vl").set_value(0)
+    at.button(key="sw-launch").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    sweep_id = at.query_params["sweep"][0] if isinstance(at.query_params["sweep"], list) else at.query_params["sweep"]
+    wait_until(lambda: len(page_store.list_runs(sweep=sweep_id)) == 2
+               and not any(t.active for t in page_store.list_runs(sweep=sweep_id)), 240, "the sweep's two trials")
+    at.run()
+    table = at.dataframe[0].value
+    assert len(table) == 2 and set(table["status"]) <= {"finished", "stopped"}
