@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from core.config import TrainConfig, recipe
-from core.models import MODELS, build_model, count_parameters
+from core.models import MODELS, FastDropout, build_model, count_parameters
 from core.runs import load_state_bytes
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
@@ -87,7 +87,10 @@ def results_table(folder: Path = REFERENCE_DIR) -> str:
         seed_cells = [f"{seed.params:,}", _pct(seed.best_train), _pct(seed.best_test)] if seed else ["ours", "–", "–"]
         c = info["config"]
         how = f"{c['optimizer'].upper()}{' Nesterov' if c['nesterov'] else ''}, {c['scheduler']}, lr {c['lr']:g}"
-        how += f", batch {c['batch_size']}, dropout {c['dropout'] if c['dropout'] is not None else 'default'}"
+        rates = {m.p for m in build_model(name, c["dropout"]).modules() if isinstance(m, FastDropout)}
+        how += f", batch {c['batch_size']}, dropout {rates.pop() if rates else 0:g}"
+        if c["translate"]:
+            how += f", shift ±{c['translate']:g}"
         if c["weight_decay"]:
             how += f", wd {c['weight_decay']:g}"
         rows.append(
