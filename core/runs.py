@@ -421,20 +421,25 @@ class RunStore:
             return c.execute(sa.select(t.c.name).where(t.c.run_id == run_id, t.c.name == name)).first() is not None
 
     def load_checkpoint(self, run_id: int, name: str = "best") -> dict:
+        data, where = self._checkpoint(run_id, name)
+        return load_state_bytes(data, where)
+
+    def checkpoint_bytes(self, run_id: int, name: str = "best") -> bytes:
+        """The checkpoint as stored (a torch.save file), e.g. to measure or copy it."""
+        return self._checkpoint(run_id, name)[0]
+
+    def _checkpoint(self, run_id: int, name: str) -> tuple[bytes, str]:
         if self.folder:
             path = self.run_dir(run_id) / f"{name}.pt"
             if not path.is_file():
                 raise StoreError(f"run {run_id} has no '{name}' checkpoint ({path})")
-            data = path.read_bytes()
-            where = str(path)
-        else:
-            t = checkpoints_table
-            with self.engine.connect() as c:
-                data = c.execute(sa.select(t.c.data).where(t.c.run_id == run_id, t.c.name == name)).scalar()
-            if data is None:
-                raise StoreError(f"run {run_id} has no '{name}' checkpoint")
-            where = f"run {run_id}/{name}"
-        return load_state_bytes(data, where)
+            return path.read_bytes(), str(path)
+        t = checkpoints_table
+        with self.engine.connect() as c:
+            data = c.execute(sa.select(t.c.data).where(t.c.run_id == run_id, t.c.name == name)).scalar()
+        if data is None:
+            raise StoreError(f"run {run_id} has no '{name}' checkpoint")
+        return data, f"run {run_id}/{name}"
 
 
 def load_state_bytes(data: bytes, where: str) -> dict:
