@@ -142,7 +142,7 @@ def test_sweeps_page_launches_a_tiny_sweep_and_its_trials_appear(page_store, tin
     at = sweeps_page()
     at.selectbox(key="sw-model").set_value("Model1")
     at.text_input(key="sw-lr").input("0.01, 0.05")
-    at.text_input(key="sw-bs").input("64")
+    at.text_input(key="sw-bs").input("64")  # searched; the other fields keep the recipe
     at.number_input(key="sw-epochs").set_value(2)
     at.number_input(key="sw-tl").set_value(0)
     at.number_input(key="sw-vl").set_value(0)

@@ -35,21 +35,20 @@ def launch_form() -> None:
                       help="grid: every combination; random: draws from the values below")
     samples = c3.number_input("Random trials", 1, 200, 8, key="sw-samples", disabled=search == "grid")
     lr = c1.text_input("Learning rates", "0.01, 0.05", key="sw-lr")
-    batch = c2.text_input("Batch sizes", "128", key="sw-bs")
+    batch = c2.text_input("Batch sizes (empty = the recipe's)", "", key="sw-bs")
     dropout = c3.text_input("Dropout (empty = the model's own)", "", key="sw-dropout")
-    scheds = c1.multiselect("LR schedules", SCHEDULERS, default=["plateau"], key="sw-sched")
-    augment = c2.multiselect("Augment", [True, False], default=[True], key="sw-aug")
-    seeds = c3.text_input("Seeds", "1", key="sw-seed")
+    scheds = c1.multiselect("LR schedules (none chosen = the recipe's)", SCHEDULERS, key="sw-sched")
+    augment = c2.multiselect("Augment (none chosen = the recipe's)", [True, False], key="sw-aug")
+    seeds = c3.text_input("Seeds (empty = the recipe's)", "", key="sw-seed")
     epochs = c1.number_input("Epochs per trial (ASHA's max)", 1, 50, 6, key="sw-epochs")
     train_limit = c2.number_input("Training images (0 = all)", 0, 60_000, 5000, step=1000, key="sw-tl")
     test_limit = c3.number_input("Test images (0 = all)", 0, 10_000, 2000, step=1000, key="sw-vl")
     if not st.button("Launch sweep", type="primary", key="sw-launch"):
         return
     try:
-        space = {"lr": numbers(lr, float), "batch_size": numbers(batch, int), "scheduler": scheds,
-                 "augment": augment, "seed": numbers(seeds, int)}
-        if dropout.strip():
-            space["dropout"] = numbers(dropout, float)
+        space = {"lr": numbers(lr, float), "batch_size": numbers(batch, int), "dropout": numbers(dropout, float),
+                 "scheduler": scheds, "augment": augment, "seed": numbers(seeds, int)}
+        space = {k: v for k, v in space.items() if v}  # an empty field keeps the recipe's value
         spec = SweepSpec(model=model, recipe=recipe, search=search, samples=int(samples), space=space,
                          base={"epochs": int(epochs), "train_limit": int(train_limit), "test_limit": int(test_limit)})
         lab.mnist()  # refuse before launching a sweep that could not train
@@ -90,7 +89,7 @@ def parallel_coordinates(table: pd.DataFrame) -> go.Figure:
     dims.append(dict(label="best test %", values=done["best test %"]))
     fig = go.Figure(go.Parcoords(line=dict(color=done["best test %"], colorscale="Viridis", showscale=True),
                                  dimensions=dims))
-    fig.update_layout(height=360, margin=dict(l=60, r=40, t=40, b=20), title="Recipe vs best test accuracy")
+    fig.update_layout(height=360, margin=dict(l=60, r=40, t=90, b=20), title="Recipe vs best test accuracy")
     return fig
 
 
