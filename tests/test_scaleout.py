@@ -154,3 +154,62 @@ def test_sweeps_page_launches_a_tiny_sweep_and_its_trials_appear(page_store, tin
     at.run()
     table = at.dataframe[0].value
     assert len(table) == 2 and set(table["status"]) <= {"finished", "stopped"}
+
+
+# ---- the Sweeps page in a real browser (Playwright + Debian's Chromium against `streamlit run`) -------------
+@pytest.mark.browser
+def test_browser_launches_a_sweep_and_its_trials_fill_the_table(tmp_path, tiny_mnist):
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.conftest import _free_port
+
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("Debian's Chromium is not installed (apt-get install chromium)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    root = Path(__file__).resolve().parent.parent
+    shots = root / "test-artifacts" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    port, url = _free_port(), f"sqlite:///{tmp_path / 'runs.db'}"
+    env = {**os.environ, "MNIST_LAB_DB": url, "MNIST_ROOT": tiny_mnist}
+    env.pop("MNIST_LAB_RAY", None)
+    with open(tmp_path / "streamlit.log", "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.port", str(port),
+             "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _healthy(urllib.request, base), 60, "streamlit to answer")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.goto(f"{base}/Sweeps")
+            page.get_by_text("No sweep yet").wait_for(timeout=60_000)
+            for label, value in (("Learning rates", "0.01, 0.05"), ("Epochs per trial", "2"),
+                                 ("Training images", "0"), ("Test images", "0")):
+                box = page.get_by_label(label, exact=False)
+                box.fill(value)
+                box.press("Enter")
+            page.get_by_role("button", name="Launch sweep").click()
+            page.get_by_text("2 trial(s)").wait_for(timeout=120_000)
+            page.get_by_text("Recipe vs best test accuracy").wait_for(timeout=120_000)
+            wait_until(lambda: page.get_by_text("2 trial(s) · running").count() == 0, 180, "the sweep to end")
+            page.screenshot(path=str(shots / "sweeps-browser.png"), full_page=True)
+            assert page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]').count() == 0
+            browser.close()
+        store = RunStore(url)
+        trials = store.list_runs(sweep=store.sweeps()[0])
+        assert len(trials) == 2 and all(t.status in ("finished", "stopped") for t in trials)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def _healthy(urllib_request, base: str) -> bool:
+    try:
+        with urllib_request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
