@@ -28,22 +28,6 @@ from core.train import Trainer
 TARGET = 99.4  # test accuracy (%) for the time-to-target measurement
 
 
-def engine_images_per_second(batches: int, data_dir: str | None) -> float:
-    """Images/s of `Trainer` training Model3 (seed recipe) for `batches` batches, after one warm-up batch."""
-    config = recipe("Model3", "seed", train_limit=128 * (batches + 1))
-    trainer = Trainer(config, load_mnist(data_dir))
-    timer: dict[str, float] = {}
-
-    def on_batch(done: int, total: int) -> None:
-        if done == 1:  # the first batch pays one-off allocation costs; the plain loop gets the same warm-up
-            timer["t0"] = time.perf_counter()
-        if done == total:
-            timer["t1"] = time.perf_counter()
-
-    trainer.train_epoch(0, on_batch=on_batch)
-    return 128 * batches / (timer["t1"] - timer["t0"])
-
-
 def seed_model() -> nn.Module:
     """Model3 as the seed wrote it: our module tree with nn.Dropout where we use FastDropout."""
     model = build_model("Model3")
@@ -54,29 +38,66 @@ def seed_model() -> nn.Module:
     return model
 
 
-def plain_loop_images_per_second(batches: int, data_dir: str | None) -> float:
-    """Images/s of the seed's loop: torchvision DataLoader + transforms, same model, optimizer and batches."""
-    from torchvision import datasets, transforms
+class EngineSide:
+    """Our engine: `Trainer.train_epoch` over an in-memory slice of `chunk` batches, called once per round."""
 
-    torch.manual_seed(1)
-    transform = transforms.Compose(
-        [transforms.RandomRotation(7), transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
-    )
-    dataset = datasets.MNIST(str(data_root(data_dir)), train=True, download=False, transform=transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=0)
-    model = seed_model().train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    t0 = 0.0
-    for i, (x, y) in enumerate(loader):
-        if i == 1:
+    def __init__(self, chunk: int, data_dir: str | None):
+        config = recipe("Model3", "seed", train_limit=128 * chunk)
+        self.trainer = Trainer(config, load_mnist(data_dir))
+        self.epoch = 0
+
+    def run(self) -> None:
+        self.trainer.train_epoch(self.epoch)
+        self.epoch += 1
+
+
+class SeedLoopSide:
+    """The seed's loop: torchvision DataLoader + transforms feeding the same model, optimizer and batch size."""
+
+    def __init__(self, chunk: int, data_dir: str | None):
+        from torchvision import datasets, transforms
+
+        torch.manual_seed(1)
+        transform = transforms.Compose(
+            [transforms.RandomRotation(7), transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
+        )
+        dataset = datasets.MNIST(str(data_root(data_dir)), train=True, download=False, transform=transform)
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=0, drop_last=True)
+        self.batches = iter(self.loader)
+        self.model = seed_model().train()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.chunk = chunk
+
+    def run(self) -> None:
+        for _ in range(self.chunk):
+            try:
+                x, y = next(self.batches)
+            except StopIteration:
+                self.batches = iter(self.loader)
+                x, y = next(self.batches)
+            loss = F.nll_loss(F.log_softmax(self.model(x), dim=1), y)  # the seed's log_softmax + NLL
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+
+
+def images_per_second(batches: int, rounds: int, data_dir: str | None) -> tuple[float, float]:
+    """(seed loop, our engine) images/s over `batches` batches each, run in alternating rounds.
+
+    Alternating rounds means both sides see the same background load when the machine is shared;
+    one warm-up round per side is not timed. Each side's figure is its total over all rounds.
+    """
+    chunk = max(1, batches // rounds)
+    sides = {"seed": SeedLoopSide(chunk, data_dir), "ours": EngineSide(chunk, data_dir)}
+    seconds = {name: 0.0 for name in sides}
+    for side in sides.values():
+        side.run()  # warm-up: allocator, first-call costs
+    for _ in range(rounds):
+        for name, side in sides.items():
             t0 = time.perf_counter()
-        loss = F.nll_loss(F.log_softmax(model(x), dim=1), y)  # the seed's log_softmax + NLL
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if i == batches:
-            break
-    return 128 * batches / (time.perf_counter() - t0)
+            side.run()
+            seconds[name] += time.perf_counter() - t0
+    return 128 * chunk * rounds / seconds["seed"], 128 * chunk * rounds / seconds["ours"]
 
 
 def time_to_target(config: TrainConfig, data_dir: str | None) -> tuple[float | None, int | None, float]:
@@ -102,17 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--batches", type=int, default=200, help="timed batches per side (batch 128)")
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds the batches are split into")
     p.add_argument("--data", default=None, help="MNIST root (default: $MNIST_ROOT, else ./data)")
     p.add_argument("--skip-time-to-target", action="store_true", help="only the speed ratio and memory")
     args = p.parse_args(argv)
-    if args.batches < 1:
-        p.error("--batches must be >= 1")
+    if args.batches < 1 or args.rounds < 1:
+        p.error("--batches and --rounds must be >= 1")
 
     print(f"Model3, batch 128, {args.batches} timed batches each side, {torch.get_num_threads()} threads", flush=True)
-    plain = plain_loop_images_per_second(args.batches, args.data)
-    print(f"seed loop (DataLoader + transforms): {plain:8.0f} images/s", flush=True)
-    ours = engine_images_per_second(args.batches, args.data)
-    print(f"our engine (Trainer):                {ours:8.0f} images/s", flush=True)
+    plain, ours = images_per_second(args.batches, args.rounds, args.data)
+    print(f"seed loop (DataLoader + transforms): {plain:8.0f} images/s")
+    print(f"our engine (Trainer):                {ours:8.0f} images/s")
     print(f"ratio {ours / plain:.2f}x (our engine / seed loop)", flush=True)
 
     if not args.skip_time_to_target:

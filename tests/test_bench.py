@@ -54,7 +54,7 @@ def test_seed_model_uses_plain_dropout():
 
 
 def test_bench_prints_a_ratio_line(synthetic_root, capsys):
-    assert bench_main(["--batches", "3", "--skip-time-to-target", "--data", str(synthetic_root)]) == 0
+    assert bench_main(["--batches", "2", "--rounds", "2", "--skip-time-to-target", "--data", str(synthetic_root)]) == 0
     out = capsys.readouterr().out
     ratio = [line for line in out.splitlines() if "ratio" in line]
     assert len(ratio) == 1 and ratio[0].split()[1].endswith("x")
