@@ -126,6 +126,10 @@ def test_sweeps_page_shows_trials_chart_and_opens_the_best_in_compare(page_store
         page_store.add_epoch(rid, EpochResult(1, 0.3, acc - 1, 0.2, acc, lr, 1.0))
         page_store.finish(rid, "finished" if acc > 50 else "stopped")
         ids.append(rid)
+    from core.models import build_model
+
+    best = tiny(3).replace(lr=0.05)
+    page_store.save_checkpoint(ids[1], "best", {"model": build_model("Model1").state_dict(), "config": best.to_json()})
     at = sweeps_page()
     assert at.selectbox(key="sw-pick").value == "sweep-x"
     table = at.dataframe[0].value
@@ -134,6 +138,10 @@ def test_sweeps_page_shows_trials_chart_and_opens_the_best_in_compare(page_store
     assert any(c.proto.spec and "parcoords" in c.proto.spec for c in at.get("plotly_chart"))
     at.button(key="sw-compare").click().run()
     assert at.multiselect(key="runs").value == [f"run {ids[1]}: Model1 sweep-x lr=0.05 (finished)"]
+    at.switch_page("views/Sweeps.py").run()
+    at.button(key="sw-draw").click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="draw-model").value.run_id == ids[1]
 
 
 def test_sweeps_page_launches_a_tiny_sweep_and_its_trials_appear(page_store, tiny_mnist, monkeypatch):
