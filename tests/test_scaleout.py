@@ -202,7 +202,7 @@ def test_browser_launches_a_sweep_and_its_trials_fill_the_table(tmp_path, tiny_m
                 box.press("Enter")
             page.get_by_role("button", name="Launch sweep").click()
             page.get_by_text("2 trial(s)").wait_for(timeout=120_000)
-            page.get_by_text("Recipe vs best test accuracy").wait_for(timeout=120_000)
+            page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)  # the parallel-coordinates chart
             wait_until(lambda: page.get_by_text("2 trial(s) · running").count() == 0, 180, "the sweep to end")
             page.screenshot(path=str(shots / "sweeps-browser.png"), full_page=True)
             assert page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]').count() == 0
