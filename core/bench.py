@@ -81,23 +81,56 @@ class SeedLoopSide:
             self.optimizer.step()
 
 
-def images_per_second(batches: int, rounds: int, data_dir: str | None) -> tuple[float, float]:
-    """(seed loop, our engine) images/s over `batches` batches each, run in alternating rounds.
+def _side_process(kind: str, chunk: int, data_dir: str | None, conn) -> None:
+    """Child process holding one side: warms up, then times one round per "run" message."""
+    side = SeedLoopSide(chunk, data_dir) if kind == "seed" else EngineSide(chunk, data_dir)
+    side.run()  # warm-up: allocator, first-call costs
+    conn.send("ready")
+    while conn.recv() == "run":
+        t0 = time.perf_counter()
+        side.run()
+        conn.send(time.perf_counter() - t0)
+    conn.send(peak_memory_mb())
 
-    Alternating rounds means both sides see the same background load when the machine is shared;
-    one warm-up round per side is not timed. Each side's figure is its total over all rounds.
+
+def images_per_second(batches: int, rounds: int, data_dir: str | None) -> tuple[float, float, dict]:
+    """(seed loop, our engine) images/s, and each side's peak memory (MB), over `batches` batches each, run in alternating rounds.
+
+    Each side lives in its own fresh process, so the seed's loop runs with the process defaults it
+    had (our engine's allocator and thread settings are not applied to it), and only one side runs
+    at a time. Alternating rounds means both sides see the same background load when the machine is
+    shared; one warm-up round per side is not timed. Each side's figure is its total over all rounds.
     """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
     chunk = max(1, batches // rounds)
-    sides = {"seed": SeedLoopSide(chunk, data_dir), "ours": EngineSide(chunk, data_dir)}
-    seconds = {name: 0.0 for name in sides}
-    for side in sides.values():
-        side.run()  # warm-up: allocator, first-call costs
-    for _ in range(rounds):
-        for name, side in sides.items():
-            t0 = time.perf_counter()
-            side.run()
-            seconds[name] += time.perf_counter() - t0
-    return 128 * chunk * rounds / seconds["seed"], 128 * chunk * rounds / seconds["ours"]
+    pipes, procs = {}, []
+    for kind in ("seed", "ours"):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_side_process, args=(kind, chunk, data_dir, child), daemon=True)
+        proc.start()
+        pipes[kind] = parent
+        procs.append(proc)
+    seconds = {kind: 0.0 for kind in pipes}
+    peaks = {}
+    try:
+        for kind, conn in pipes.items():  # set up and warm up one after the other
+            if conn.recv() != "ready":
+                raise RuntimeError(f"bench side {kind!r} did not start")
+        for _ in range(rounds):
+            for kind, conn in pipes.items():
+                conn.send("run")
+                seconds[kind] += conn.recv()
+        for kind, conn in pipes.items():
+            conn.send("stop")
+            peaks[kind] = conn.recv()
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+    return 128 * chunk * rounds / seconds["seed"], 128 * chunk * rounds / seconds["ours"], peaks
 
 
 def time_to_target(config: TrainConfig, data_dir: str | None) -> tuple[float | None, int | None, float]:
@@ -131,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--batches and --rounds must be >= 1")
 
     print(f"Model3, batch 128, {args.batches} timed batches each side, {torch.get_num_threads()} threads", flush=True)
-    plain, ours = images_per_second(args.batches, args.rounds, args.data)
+    plain, ours, peaks = images_per_second(args.batches, args.rounds, args.data)
     print(f"seed loop (DataLoader + transforms): {plain:8.0f} images/s")
     print(f"our engine (Trainer):                {ours:8.0f} images/s")
     print(f"ratio {ours / plain:.2f}x (our engine / seed loop)", flush=True)
@@ -144,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"time to {TARGET}%: not reached in {config.epochs} epochs (best {best:.2f}%)")
         else:
             print(f"time to {TARGET}%: {seconds:.1f}s, at epoch {epoch} ({best:.2f}%)")
-    print(f"peak memory (ru_maxrss) {peak_memory_mb():.0f} MB")
+        # This process did nothing but load MNIST and train: its peak is the training process's.
+        print(f"peak memory of the training process (ru_maxrss, full MNIST, 15-epoch run) {peak_memory_mb():.0f} MB")
+    print(f"peak memory of the bench processes (ru_maxrss): seed loop {peaks['seed']:.0f} MB, "
+          f"our engine {peaks['ours']:.0f} MB (on a {128 * max(1, args.batches // args.rounds):,}-image slice)")
     return 0
 
 

@@ -18,11 +18,11 @@ class FastDropout(nn.Module):
     """nn.Dropout's maths, cheaper on CPU: keep prob 1-p, survivors scaled by 1/keep, a fresh mask
     per call, identity in eval.
 
-    The mask comes from 16-bit random integers, two per 32-bit draw of the generator, compared with a
-    threshold: half the draws of `rand_like` and no float conversion. On this 2-core machine that is
-    ~2.3 ms instead of ~4.3 ms (F.dropout) for a 128x8x26x26 activation. p is thereby rounded to a
-    multiple of 1/65536 (0.1 -> 0.100006), and the scale uses the rounded keep probability so the
-    expected output still equals the input exactly.
+    The mask comes from 16-bit random integers, four per 64-bit draw of the generator, compared with a
+    threshold: no float uniform and no division. On this CPU the draw costs ~0.45 ms for a 128x8x26x26
+    activation against ~1.4 ms for `rand_like` and ~3.4 ms for the `bernoulli_` inside F.dropout.
+    p is thereby rounded to a multiple of 1/65536 (0.1 -> 0.100006), and the scale uses the rounded
+    keep probability so the expected output still equals the input exactly.
     """
 
     LEVELS = 65536  # 16-bit random integers
@@ -39,8 +39,14 @@ class FastDropout(nn.Module):
         if not self.training or self.drop_levels == 0:
             return x
         n = x.numel()
-        bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_(-(2**31), 2**31 - 1)
-        r16 = bits.view(torch.int16)[:n].view(x.shape)  # uniform in [-32768, 32767]
+        # Full-range 64-bit draws (from=int64 min, to=None) take the generator's fast 64-bit path: ~2.4x
+        # faster per random bit here than bounded int32 draws, which pay a modulo per value.
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        r16 = bits.view(torch.int16)[:n]  # four uniform 16-bit lanes per draw
+        # Lay the mask out like x (channels_last in training, see core.train) so the multiply streams;
+        # the bits are i.i.d., so any layout gives the same distribution.
+        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        r16 = r16.as_strided(x.shape, x.stride()) if dense else r16.view(x.shape)
         keep = r16 >= self.drop_levels - self.LEVELS // 2
         return x * keep.to(x.dtype).mul_(self.scale)
 

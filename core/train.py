@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -66,6 +68,30 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss.item() / len(y), 100.0 * correct.item() / len(y)
 
 
+def keep_freed_memory_for_reuse() -> None:
+    """Ask glibc's malloc to serve tensors up to 32 MB from its heap and not hand freed memory back.
+
+    By default each activation of a few MB is a fresh mmap, so every training step page-faults its
+    way through new zeroed pages; in this VM that made any op on a 128x12x24x24 tensor ~6 ms instead
+    of <1 ms, and the whole Model3 step ~25% slower. Same effect as MALLOC_MMAP_THRESHOLD_ /
+    MALLOC_TRIM_THRESHOLD_ in the environment, applied from inside the process. No-op off glibc.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux"):
+        return
+    _ALLOCATOR_TUNED = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum
+        libc.mallopt(m_trim_threshold, 256 * 2**20)
+    except (OSError, AttributeError):  # musl or another libc: keep its defaults
+        pass
+
+
+_ALLOCATOR_TUNED = False
+
+
 class Trainer:
     """Model, optimizer and scheduler for one config, and the epoch loop over in-memory MNIST."""
 
@@ -73,12 +99,17 @@ class Trainer:
         self.config = config.validate()
         self.device = pick_device(config.device)
         if self.device.type == "cpu":
+            keep_freed_memory_for_reuse()
             # The cores this process may run on (taskset/cgroups), not the machine's: more threads than
             # cores makes OpenMP spin against itself, several times slower on this 2-core box.
             torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         torch.manual_seed(config.seed)
         self.data = data.subset(config.train_limit, config.test_limit).to(self.device)
-        self.model = build_model(config.model, config.dropout).to(self.device)
+        # channels_last: oneDNN's NCHW kernels are far off the pace for these 1-12 channel convs on CPU
+        # (8->12 3x3 on 26x26, forward+backward: 13.7 ms NCHW vs 5.2 ms channels_last; the 1x1 12->8:
+        # 2.4 vs 0.8 ms); the whole Model3 step is ~30% faster. Same maths, another summation order.
+        self.memory_format = torch.channels_last
+        self.model = build_model(config.model, config.dropout).to(self.device, memory_format=self.memory_format)
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
                 self.model.parameters(),
@@ -135,6 +166,7 @@ class Trainer:
             x, y = d.train_x[idx], d.train_y[idx]
             if c.augment:
                 x = augment_batch(x, c.rotate_deg, c.translate, c.scale, generator=g)
+            x = x.contiguous(memory_format=self.memory_format)
             batch_loss, batch_correct = train_step(self.model, self.optimizer, x, y, c.label_smoothing)
             loss_sum += batch_loss
             correct += batch_correct

@@ -47,6 +47,18 @@ def test_fast_dropout_gradient_is_the_mask():
     assert torch.allclose(x.grad, (y != 0).float() * drop.scale)
 
 
+def test_fast_dropout_follows_the_input_layout():
+    torch.manual_seed(2)
+    drop = FastDropout(0.1).train()
+    cl = torch.ones(64, 12, 24, 24).to(memory_format=torch.channels_last)
+    y = drop(cl)
+    assert y.is_contiguous(memory_format=torch.channels_last)  # no layout change forced on the next conv
+    per_channel = (y != 0).float().mean(dim=(0, 2, 3))
+    assert ((per_channel - 0.9).abs() < 0.01).all()  # every channel keeps ~90%, no striping from the layout
+    strided = torch.ones(40, 30)[:, ::3]  # neither NCHW- nor channels_last-dense: still works
+    assert abs((drop(strided) != 0).float().mean().item() - 0.9) < 0.05
+
+
 def test_seed_model_uses_plain_dropout():
     model = seed_model()
     assert not any(isinstance(m, FastDropout) for m in model.modules())
