@@ -46,7 +46,7 @@ class TrainConfig:
     train_limit: int = 0  # use only the first N training images (0 = all 60,000)
     test_limit: int = 0  # use only the first N test images (0 = all 10,000)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise ConfigError(msg)
@@ -74,7 +74,7 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         """Build and validate from plain values, refusing unknown keys and ill-typed values."""
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(known))
@@ -101,10 +101,10 @@ class TrainConfig:
         return cls(**clean).validate()
 
     @classmethod
-    def from_json(cls, s: str) -> "TrainConfig":
+    def from_json(cls, s: str) -> TrainConfig:
         return cls.from_dict(json.loads(s))
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return TrainConfig.from_dict({**dataclasses.asdict(self), **changes})
 
 

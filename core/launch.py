@@ -15,8 +15,7 @@ import threading
 from pathlib import Path
 
 from core.config import TrainConfig
-from core.runs import Run, RunStore
-from core.runs import pid_alive
+from core.runs import Run, RunStore, pid_alive
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

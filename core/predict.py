@@ -23,16 +23,75 @@ class EmptyImageError(ValueError):
     """The image holds no visible ink: nothing to classify."""
 
 
-def _check(image: np.ndarray) -> None:
+def as_uint8_image(image) -> np.ndarray:
+    """Any picture-like array -> uint8 (H, W), (H, W, 3) or (H, W, 4); a clear ValueError otherwise.
+
+    Accepts uint8 as is; bool (True = 255); other integer types by their range (uint16 -> /257);
+    floats in 0..1 or 0..255; (H, W, 1) grey and (H, W, 2) grey + alpha; a PIL image or anything
+    `np.asarray` understands.
+    """
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"expected a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image (0..255), got dtype {image.dtype}")
+        if hasattr(image, "getbands"):  # a PIL image
+            image = np.asarray(image)
+        else:
+            raise ValueError(f"expected a picture as a numpy array, got {type(image).__name__}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    elif image.ndim == 3 and image.shape[2] == 2:  # grey + alpha
+        image = np.concatenate([np.repeat(image[..., :1], 3, axis=2), image[..., 1:]], axis=2)
     ok = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))
     if not ok:
-        raise ValueError(f"expected an HxW grey, HxWx3 RGB or HxWx4 RGBA image, got shape {image.shape}")
+        raise ValueError(f"expected an HxW grey, HxWx3 RGB or HxWx4 RGBA picture, got shape {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image is empty (shape {image.shape})")
+        raise ValueError(f"the picture is empty (shape {image.shape})")
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * 255
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        if image.min() < 0:
+            raise ValueError(f"a {image.dtype} picture with negative values cannot be read as grey levels")
+        top = 255 if image.max() <= 255 else info.max  # small values in a wide type are 0..255 levels
+        return np.round(image.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ValueError("the picture holds NaN or infinite values")
+        lo, hi = float(image.min()), float(image.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"float pixel values must lie in 0..1 or 0..255, got {lo:g}..{hi:g}")
+        scale = 255.0 if hi <= 1.0 else 1.0
+        return np.round(image * scale).astype(np.uint8)
+    raise ValueError(f"expected pixel values as numbers, got dtype {image.dtype}")
+
+
+def decode_picture(data: bytes, max_side: int = 4096) -> np.ndarray:
+    """An uploaded file's bytes (PNG, JPEG, WebP, BMP, GIF, ...) -> uint8 grey or RGBA array.
+
+    Phone photos are turned upright by their EXIF orientation; palette pictures keep their
+    transparency; 16-bit greys keep their range. Raises ValueError with a message for the user.
+    """
+    import io
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        if max(img.size) > max_side:
+            raise ValueError(f"the picture is {img.size[0]}x{img.size[1]} px; use one under {max_side} px a side")
+        img = ImageOps.exif_transpose(img)
+        if img.mode.startswith("I"):  # 16-bit grey ("I;16*", or "I" from older Pillow)
+            levels = np.asarray(img).astype(np.int64)
+            top = 255 if levels.max() <= 255 else 65535
+            return as_uint8_image(np.clip(levels, 0, top) / top)
+        if img.mode == "F":
+            return as_uint8_image(np.asarray(img))
+        transparent = "A" in img.getbands() or img.info.get("transparency") is not None
+        return np.asarray(img.convert("RGBA" if transparent else "L"))
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise ValueError("not a readable picture (PNG, JPEG, WebP, BMP or GIF)") from None
+    except OSError as e:  # truncated or corrupt file
+        raise ValueError(f"the picture could not be decoded ({e})") from None
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
@@ -63,8 +122,7 @@ def ink_map(image: np.ndarray) -> np.ndarray:
 
     The background is the median of the outer frame: a light frame means dark ink on light paper.
     """
-    _check(image)
-    grey = _grey(image)
+    grey = _grey(as_uint8_image(image))
     if np.median(_border(grey)) > 127.5:
         grey = 255.0 - grey
     background = float(np.median(_border(grey)))
@@ -99,9 +157,10 @@ def centre_in_field(ink: np.ndarray) -> np.ndarray:
 
 
 def preprocess(image: np.ndarray) -> torch.Tensor:
-    """Any uint8 picture of one digit (HxW, HxWx3, HxWx4; either polarity) -> normalised (1, 1, 28, 28).
+    """Any picture of one digit (HxW, HxWx3, HxWx4, uint8 or see `as_uint8_image`; either polarity)
+    -> normalised (1, 1, 28, 28).
 
-    Raises EmptyImageError for a blank picture, ValueError for a wrong dtype or shape.
+    Raises EmptyImageError for a blank picture, ValueError for a picture it cannot read.
     """
     field = centre_in_field(ink_map(image))
     return ((torch.from_numpy(field) - MEAN) / STD)[None, None]

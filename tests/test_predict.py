@@ -56,6 +56,78 @@ def test_polarity_and_colour_forms_give_the_same_input():
         torch.testing.assert_close(preprocess(form), expected, atol=0.02, rtol=0)
 
 
+def test_other_array_forms_give_the_same_input():
+    grey = stroke_picture()
+    expected = preprocess(grey)
+    forms = {
+        "float 0..1": grey / 255.0,
+        "float 0..255": grey.astype(np.float32),
+        "uint16 full range": grey.astype(np.uint16) * 257,
+        "int64 0..255": grey.astype(np.int64),
+        "bool": grey > 127,
+        "HxWx1": grey[..., None],
+        "grey + alpha": np.dstack([grey, np.full_like(grey, 255)]),
+        "PIL image": Image.fromarray(grey),
+    }
+    for name, form in forms.items():
+        torch.testing.assert_close(preprocess(form), expected, atol=0.02, rtol=0, msg=name)
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_decoded_files_of_every_kind_read_like_the_array():
+    grey = stroke_picture()
+    expected = preprocess(grey)
+    pil = Image.fromarray(grey)
+    palette = pil.convert("P")
+    palette.info["transparency"] = 0  # black is transparent: white strokes on nothing
+    rotated = Image.fromarray(np.rot90(grey).copy())  # stored sideways, EXIF says "rotate back"
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation 6: rotate 90 degrees clockwise to view
+    files = {
+        "png grey": _encode(pil, "PNG"),
+        "png rgb": _encode(pil.convert("RGB"), "PNG"),
+        "png 16-bit": _encode(Image.fromarray(grey.astype(np.uint16) * 257), "PNG"),
+        "png palette + transparency": _encode(palette, "PNG", transparency=0),
+        "jpeg": _encode(pil, "JPEG", quality=90),
+        "jpeg with exif rotation": _encode(rotated, "JPEG", quality=90, exif=exif),
+        "webp": _encode(pil, "WEBP", lossless=True),
+        "bmp": _encode(pil, "BMP"),
+        "gif": _encode(pil, "GIF"),
+    }
+    for name, data in files.items():
+        from core.predict import decode_picture
+
+        torch.testing.assert_close(preprocess(decode_picture(data)), expected, atol=0.08, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"not a picture at all", "not a readable picture"),
+    (b"", "not a readable picture"),
+])
+def test_undecodable_files_get_a_message(data, message):
+    from core.predict import decode_picture
+
+    with pytest.raises(ValueError, match=message):
+        decode_picture(data)
+
+
+def test_truncated_and_oversized_files_get_a_message():
+    from core.predict import decode_picture
+
+    png = _encode(Image.fromarray(stroke_picture()), "PNG")
+    with pytest.raises(ValueError, match="could not be decoded|not a readable"):
+        decode_picture(png[: len(png) // 2])
+    with pytest.raises(ValueError, match="px a side"):
+        decode_picture(_encode(Image.new("L", (5000, 10)), "PNG"))
+
+
 @pytest.mark.parametrize(
     "blank",
     [
@@ -74,9 +146,11 @@ def test_blank_image_raises_empty_image_error(blank):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (np.zeros((28, 28), np.float32), "uint8"),
-        (np.zeros((28, 28), np.int64), "uint8"),
-        (np.zeros((28, 28, 2), np.uint8), "shape"),
+        (np.full((28, 28), 300.0, np.float32), "0..1 or 0..255"),
+        (np.full((28, 28), np.nan, np.float32), "NaN"),
+        (np.full((28, 28), -5, np.int64), "negative"),
+        (np.zeros((28, 28), np.complex64), "dtype"),
+        (np.zeros((28, 28, 5), np.uint8), "shape"),
         (np.zeros((1, 28, 28, 1), np.uint8), "shape"),
         (np.zeros((0, 28), np.uint8), "empty"),
         ([[0, 255], [255, 0]], "numpy array"),

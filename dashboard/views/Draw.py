@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import lab
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from PIL import Image, UnidentifiedImageError
 
-from core.predict import EmptyImageError, as_picture, preprocess, probabilities
+from core.predict import EmptyImageError, as_picture, decode_picture, preprocess, probabilities
 from core.runs import StoreError
 
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
@@ -29,15 +26,10 @@ def read_upload(upload) -> np.ndarray | None:
         st.error(f"{upload.name} is {upload.size / 1e6:.1f} MB; upload a picture under {MAX_UPLOAD_BYTES // 2**20} MB.")
         return None
     try:
-        img = Image.open(io.BytesIO(upload.getvalue()))
-        if max(img.size) > MAX_UPLOAD_SIDE:
-            st.error(f"{upload.name} is {img.size[0]}x{img.size[1]} px; upload one under {MAX_UPLOAD_SIDE} px a side.")
-            return None
-        img = img.convert("RGBA" if "A" in img.getbands() else "L")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        st.error(f"{upload.name} is not a readable PNG or JPEG picture.")
+        return decode_picture(upload.getvalue(), max_side=MAX_UPLOAD_SIDE)
+    except ValueError as e:
+        st.error(f"{upload.name}: {e}.")
         return None
-    return np.asarray(img)
 
 
 def probability_bars(p: np.ndarray) -> go.Figure:
@@ -66,7 +58,10 @@ def main() -> None:
             key=f"canvas-{st.session_state.get('canvas_n', 0)}",
         )
         st.button("Clear", on_click=clear_canvas, key="clear")
-        upload = st.file_uploader("...or upload a picture of a digit (PNG/JPEG, max 2 MB)", type=["png", "jpg", "jpeg"], key="upload")
+        upload = st.file_uploader(
+            "...or upload a picture of a digit (PNG, JPEG, WebP, BMP or GIF; max 2 MB)",
+            type=["png", "jpg", "jpeg", "webp", "bmp", "gif"], key="upload",
+        )
 
     image = read_upload(upload) if upload is not None else canvas.image_data
     if upload is not None:
