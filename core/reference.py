@@ -2,6 +2,7 @@
 
 They let the dashboard show curves and predict before anyone trains. Regenerate them all with
     python -m core.reference            (one 15-epoch run per variant, through the normal training path)
+    python -m core.reference Model3 --recipe seed   (the seed's own recipe, into core/reference/seed-recipe/)
     python -m core.reference --table    (the README results table, from the shipped .json files)
 Extra seeds go elsewhere so they never overwrite the shipped runs:
     python -m core.reference Model3 --seed 2 --out /tmp/seed2 --runs /tmp/seeds.db
@@ -68,6 +69,30 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
+SEED_RECIPE_DIR = "seed-recipe"  # subfolder of a results folder holding runs of the seed's own recipe
+
+
+def _result_row(label: str, spec, info: dict) -> str:
+    name = info["model"]
+    eps = info["epochs"]
+    best = max(eps, key=lambda e: e["test_acc"])
+    seed = spec.seed
+    seed_cells = [f"{seed.params:,}", _pct(seed.best_train), _pct(seed.best_test)] if seed else ["ours", "–", "–"]
+    c = info["config"]
+    how = f"{c['optimizer'].upper()}{' Nesterov' if c['nesterov'] else ''}, {c['scheduler']}, lr {c['lr']:g}"
+    rates = {m.p for m in build_model(name, c["dropout"]).modules() if isinstance(m, FastDropout)}
+    how += f", batch {c['batch_size']}, dropout {rates.pop() if rates else 0:g}"
+    if c["translate"]:
+        how += f", shift ±{c['translate']:g}"
+    if c["weight_decay"]:
+        how += f", wd {c['weight_decay']:g}"
+    return (
+        f"| {label} | " + " | ".join(seed_cells) + f" | {info['params']:,} | {how} "
+        f"| {max(e['train_acc'] for e in eps):.2f} | {best['test_acc']:.2f} "
+        f"| {' / '.join(format(e['test_acc'], '.2f') for e in eps[-3:])} | {best['epoch']} | {info['wall_seconds']:.0f} s |"
+    )
+
+
 def results_table(folder: Path = REFERENCE_DIR) -> str:
     """Markdown: per variant, the seed's reported figures next to our reference run's."""
     head = (
@@ -78,26 +103,13 @@ def results_table(folder: Path = REFERENCE_DIR) -> str:
     rows = [head]
     for name, spec in MODELS.items():
         path = Path(folder) / f"{name}.json"
-        if not path.is_file():
-            continue
-        info = reference_info(name, folder)
-        eps = info["epochs"]
-        best = max(eps, key=lambda e: e["test_acc"])
-        seed = spec.seed
-        seed_cells = [f"{seed.params:,}", _pct(seed.best_train), _pct(seed.best_test)] if seed else ["ours", "–", "–"]
-        c = info["config"]
-        how = f"{c['optimizer'].upper()}{' Nesterov' if c['nesterov'] else ''}, {c['scheduler']}, lr {c['lr']:g}"
-        rates = {m.p for m in build_model(name, c["dropout"]).modules() if isinstance(m, FastDropout)}
-        how += f", batch {c['batch_size']}, dropout {rates.pop() if rates else 0:g}"
-        if c["translate"]:
-            how += f", shift ±{c['translate']:g}"
-        if c["weight_decay"]:
-            how += f", wd {c['weight_decay']:g}"
-        rows.append(
-            f"| {name} | " + " | ".join(seed_cells) + f" | {info['params']:,} | {how} "
-            f"| {max(e['train_acc'] for e in eps):.2f} | {best['test_acc']:.2f} "
-            f"| {' / '.join(format(e['test_acc'], '.2f') for e in eps[-3:])} | {best['epoch']} | {info['wall_seconds']:.0f} s |"
-        )
+        if path.is_file():
+            rows.append(_result_row(name, spec, reference_info(name, folder)))
+    # Runs of the seed's own recipe, where one was kept (python -m core.reference M --recipe seed --out .../seed-recipe)
+    for name, spec in MODELS.items():
+        path = Path(folder) / SEED_RECIPE_DIR / f"{name}.json"
+        if path.is_file():
+            rows.append(_result_row(f"{name}, seed's recipe", spec, reference_info(name, path.parent)))
     return "\n".join(rows)
 
 
@@ -134,10 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", choices=("reference", "seed"), default="reference", help="which recipe to train")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="*", default=[],
                    help="override recipe settings (JSON values), for trying a candidate recipe with --out elsewhere")
-    p.add_argument("--out", type=Path, default=REFERENCE_DIR, help="folder for the .pt/.json (default: core/reference)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for the .pt/.json (default: core/reference, or core/reference/seed-recipe with --recipe seed)")
     p.add_argument("--table", action="store_true", help="print the README results table from --out and exit")
     p.add_argument("--seed-dirs", type=Path, nargs="*", default=None, help="with --table: folders of seed repeats")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = REFERENCE_DIR / SEED_RECIPE_DIR if args.recipe == "seed" and not args.table else REFERENCE_DIR
     if args.table:
         print(results_table(args.out))
         if args.seed_dirs:
