@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on Ray: auto, ray://host:port or local; none = a local process "
                         "(default: $MNIST_LAB_RAY, else a local process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, only the per-epoch lines")
+    p.add_argument("--if-queued", action="store_true",
+                   help="with --run-id: start the run only if it is still queued (what the dashboard launches, so a "
+                        "run stopped before its process got going stays stopped); without it a stopped run resumes")
     return p
 
 
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if address:
             status = follow_on_ray(store, run_id, config, args.data, address, on_epoch)
         else:
-            status = execute_run(run_id, store.url, args.data, on_epoch=on_epoch, on_batch=on_batch)
+            status = execute_run(run_id, store.url, args.data, only_if_queued=args.if_queued, on_epoch=on_epoch, on_batch=on_batch)
     except (DataError, StoreError) as e:
         return fail(str(e), EXIT_BAD_INPUT)
     finally:

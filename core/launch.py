@@ -39,12 +39,12 @@ def start_run(
     run_id = store.create_run(config, label=label)
     if address:
         try:
-            ray_exec.submit_run(run_id, store.url, data_root, address, config.device)
+            ray_exec.submit_run(run_id, store.url, data_root, address, config.device, only_if_queued=True)
         except ray_exec.RayError as e:
             store.finish(run_id, "failed", str(e))
             raise
         return run_id
-    cmd = [sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", store.url, "--quiet"]
+    cmd = [sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", store.url, "--quiet", "--if-queued"]
     if data_root:
         cmd += ["--data", str(data_root)]
     with open(log_path(store, run_id), "ab") as log:

@@ -60,19 +60,22 @@ def _worker_class(ray):
     class RunWorker:
         """One run's training process on the cluster; exits when the run ends."""
 
-        def train(self, run_id: int, store_url: str, data_root: str | None) -> str:
+        def train(self, run_id: int, store_url: str, data_root: str | None, only_if_queued: bool) -> str:
             from core.worker import execute_run
 
             try:
-                return execute_run(run_id, store_url, data_root, max_running=None)
+                return execute_run(run_id, store_url, data_root, max_running=None, only_if_queued=only_if_queued)
             finally:
                 ray.actor.exit_actor()
 
     return RunWorker
 
 
-def submit_run(run_id: int, store_url: str, data_root: str | None, address: str, device: str = "auto") -> None:
-    """Start run `run_id` of the store on the Ray cluster at `address` and return at once."""
+def submit_run(
+    run_id: int, store_url: str, data_root: str | None, address: str, device: str = "auto", only_if_queued: bool = False
+) -> None:
+    """Start run `run_id` of the store on the Ray cluster at `address` and return at once
+    (`only_if_queued`: see core.worker.execute_run)."""
     ray = connect(address)
     gpus = 1 if device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
     worker = _worker_class(ray).options(
@@ -81,4 +84,4 @@ def submit_run(run_id: int, store_url: str, data_root: str | None, address: str,
         num_cpus=CPUS_PER_RUN,
         num_gpus=gpus,
     ).remote()
-    worker.train.remote(run_id, store_url, data_root)
+    worker.train.remote(run_id, store_url, data_root, only_if_queued)

@@ -317,23 +317,30 @@ class RunStore:
         host = socket.gethostname()
         with self.engine.connect() as c:
             rows = c.execute(
-                sa.select(runs_table.c.id, runs_table.c.pid, runs_table.c.host, runs_table.c.heartbeat).where(
-                    runs_table.c.status == "running"
-                )
+                sa.select(
+                    runs_table.c.id, runs_table.c.pid, runs_table.c.host, runs_table.c.heartbeat, runs_table.c.stop_requested
+                ).where(runs_table.c.status == "running")
             ).all()
         dead = [
-            r.id
+            r
             for r in rows
             if (r.host == host and r.pid and not pid_alive(r.pid))
             or (r.host != host and (r.heartbeat or 0) < time.time() - HEARTBEAT_TIMEOUT)
         ]
-        if dead:
-            with self.engine.begin() as c:
-                c.execute(
-                    runs_table.update()
-                    .where(runs_table.c.id.in_(dead), runs_table.c.status == "running")
-                    .values(status="interrupted", ended_at=time.time(), error="the training process died before finishing")
-                )
+        # A process that died after it was asked to stop (e.g. a sweep's trial actor torn down by Ray
+        # while it was winding down) did what was asked: the run is stopped, with its saved epochs.
+        for stop_was_asked, status, error in (
+            (False, "interrupted", "the training process died before finishing"),
+            (True, "stopped", None),
+        ):
+            ids = [r.id for r in dead if bool(r.stop_requested) == stop_was_asked]
+            if ids:
+                with self.engine.begin() as c:
+                    c.execute(
+                        runs_table.update()
+                        .where(runs_table.c.id.in_(ids), runs_table.c.status == "running")
+                        .values(status=status, ended_at=time.time(), error=error)
+                    )
         return len(dead)
 
     def delete_run(self, run_id: int) -> None:

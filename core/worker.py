@@ -59,13 +59,22 @@ def execute_run(
     data_root: str | None = None,
     *,
     max_running: int | None = LOCAL_SLOTS,
+    only_if_queued: bool = False,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> str:
-    """Train run `run_id` of the store to its end; returns the final status."""
+    """Train run `run_id` of the store to its end; returns the final status.
+
+    `only_if_queued`: for processes launched right after the run was created (dashboard, Ray): a run
+    that was stopped (or started elsewhere) before this process got going is left as it is. Without
+    it, a stopped or interrupted run is resumed, as `python -m core.train --run-id N` promises.
+    """
     store = RunStore(store_url)
     run = store.get(run_id)
+    if only_if_queued and run.status != "queued":
+        log(f"run {run_id} is {run.status}, no longer queued; not starting it")
+        return run.status
     if run.status == "finished":
         log(f"run {run_id} is already finished")
         return "finished"

@@ -91,7 +91,16 @@ def pick_model(key: str, label: str = "Model") -> Choice | None:
     if not choices:
         st.info(NO_MODEL_HINT)
         return None
-    return st.selectbox(label, choices, format_func=lambda c: c.label, key=key)
+    return st.selectbox(label, choices, index=default_choice(choices), format_func=lambda c: c.label, key=key)
+
+
+def default_choice(choices: list[Choice]) -> int:
+    """The newest trained run when there is one (what a user who just trained wants to look at),
+    else the Model3 reference (the lab's flagship), else the first."""
+    for i, c in enumerate(choices):
+        if not c.reference:
+            return i
+    return next((i for i, c in enumerate(choices) if c.model == "Model3"), 0)
 
 
 def reference_epochs(name: str) -> list[dict]:

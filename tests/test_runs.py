@@ -212,3 +212,17 @@ def test_concurrent_writers_lose_and_mix_no_rows(store_url):
         assert all(int(e["test_acc"]) == tag for e in rows)  # every row is this run's own
         assert run.epoch == 30 and run.best_test_acc == pytest.approx(tag + 0.30)
         assert store.load_checkpoint(run.id, "last") == {"tag": tag, "epoch": 30}
+
+
+def test_a_run_whose_process_died_after_a_stop_request_is_stopped_not_interrupted(store_url):
+    store = RunStore(store_url)
+    asked, not_asked = store.create_run(TrainConfig()), store.create_run(TrainConfig())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert store.claim(asked, os.getpid()) and store.claim(not_asked, os.getpid())
+    store.update(asked, pid=dead.pid)
+    store.update(not_asked, pid=dead.pid)
+    store.request_stop(asked)  # e.g. ASHA stopping a sweep trial whose actor Ray then tore down
+    assert store.reconcile() == 2
+    assert (store.get(asked).status, store.get(asked).error) == ("stopped", None)
+    assert store.get(not_asked).status == "interrupted"

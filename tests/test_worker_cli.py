@@ -104,6 +104,22 @@ def test_second_run_waits_for_the_first(slow_root, store_url):
     assert b.started_at >= a.ended_at - 0.5  # they did not train at the same time
 
 
+def test_a_run_stopped_before_its_launched_process_got_going_stays_stopped(synthetic_root, store_url):
+    """The dashboard's race: Start, then Stop before the new process has imported torch."""
+    from core.config import TrainConfig
+
+    store = RunStore(store_url)
+    busy = store.create_run(TrainConfig(epochs=1))
+    assert store.claim(busy, os.getpid())  # the machine's one training slot is taken
+    run_id = store.create_run(TrainConfig(epochs=1, train_limit=200, test_limit=100))
+    store.request_stop(run_id)  # stopped while queued, before any process looked at it
+    done = run_cli("--run-id", str(run_id), "--if-queued", "--runs", store_url, "--data", str(synthetic_root), timeout=60)
+    assert done.returncode == 3 and "no longer queued" in done.stdout
+    run = store.get(run_id)
+    assert run.status == "stopped" and run.started_at is None and store.epochs(run_id) == []
+    store.finish(busy, "finished")
+
+
 def test_help_documents_every_setting_with_its_default():
     out = run_cli("--help").stdout
     for flag in ("--model", "--epochs", "--lr", "--scheduler", "--augment", "--seed", "--device", "--data", "--run-id"):
