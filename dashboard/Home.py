@@ -66,11 +66,12 @@ def home() -> None:
         st.progress(run.progress)
 
     st.subheader("Pages")
-    cols = st.columns(4)
+    cols = st.columns(5)
     cols[0].page_link("views/Train.py", label="Train a variant", icon=":material/model_training:")
     cols[1].page_link("views/Compare.py", label="Compare runs", icon=":material/compare_arrows:")
     cols[2].page_link("views/Draw.py", label="Draw a digit", icon=":material/draw:")
     cols[3].page_link("views/Inspect.py", label="Inspect a model", icon=":material/search:")
+    cols[4].page_link("views/Sweeps.py", label="Sweep recipes", icon=":material/tune:")
 
 
 def main() -> None:
