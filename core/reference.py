@@ -32,6 +32,12 @@ def reference_names() -> list[str]:
     return [n for n in MODELS if (REFERENCE_DIR / f"{n}.pt").is_file() and (REFERENCE_DIR / f"{n}.json").is_file()]
 
 
+def seed_recipe_names() -> list[str]:
+    """Variants with a shipped run of the seed's own recipe (core/reference/seed-recipe/), in registry order."""
+    folder = REFERENCE_DIR / SEED_RECIPE_DIR
+    return [n for n in MODELS if (folder / f"{n}.json").is_file()]
+
+
 def reference_info(name: str, folder: Path = REFERENCE_DIR) -> dict:
     """{"model", "config", "params", "epochs": [per-epoch dicts], "wall_seconds", "machine"}."""
     return json.loads((Path(folder) / f"{name}.json").read_text())

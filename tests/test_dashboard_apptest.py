@@ -169,3 +169,15 @@ def test_a_failed_run_shows_its_error(store_url):
     at.run()
     assert not at.exception
     assert any("failed: MNIST not found" in e.value for e in at.error)
+
+
+def test_compare_offers_the_seed_recipe_run_next_to_the_tuned_one(store_url):
+    from core.reference import seed_recipe_names
+
+    assert "Model3" in seed_recipe_names()  # shipped in core/reference/seed-recipe/
+    at = open_page("views/Compare.py")
+    options = at.multiselect(key="runs").options
+    assert "Model3, seed's recipe (reference)" in options and "Model3 (reference)" in options
+    at.multiselect(key="runs").set_value(["Model3, seed's recipe (reference)", "Model3 (reference)"]).run()
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc["Model3, seed's recipe (reference)", "best test %"] < table.loc["Model3 (reference)", "best test %"]

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.reference import reference_info, reference_names
+from core.reference import REFERENCE_DIR, SEED_RECIPE_DIR, reference_info, reference_names, seed_recipe_names
 
 
 def main() -> None:
@@ -17,6 +17,9 @@ def main() -> None:
     for name in reference_names():
         info = reference_info(name)
         options[f"{name} (reference)"] = {"model": name, "params": info["params"], "epochs": info["epochs"]}
+    for name in seed_recipe_names():  # the seed's own recipe next to our tuned one: what the schedule did
+        info = reference_info(name, REFERENCE_DIR / SEED_RECIPE_DIR)
+        options[f"{name}, seed's recipe (reference)"] = {"model": name, "params": info["params"], "epochs": info["epochs"]}
     runs = store.list_runs()
     per_run = store.epochs_of([r.id for r in runs])
     for r in runs:
