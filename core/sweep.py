@@ -150,7 +150,27 @@ def run_sweep(spec: SweepSpec, store_url: str | None = None, data_root: str | No
         ),
     )
     tuner.fit()
+    settle(store, sweep_id)
     return store.list_runs(sweep=sweep_id)
+
+
+def settle(store: RunStore, sweep_id: str, timeout: float = 120.0) -> None:
+    """Wait until no trial of the sweep is still queued or running.
+
+    Tune can return while the last trials' actors are still winding down (saving the epoch they were
+    in, after ASHA stopped them), or after it tore an actor down mid-way. Tune is done with every trial
+    by now, so any that is still active is asked to stop; dead ones are reconciled (`stopped` when a
+    stop had been asked, else `interrupted`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        active = [r for r in store.list_runs(sweep=sweep_id) if r.status in ("queued", "running")]
+        if not active:
+            return
+        for r in active:
+            if not r.stop_requested:
+                store.request_stop(r.id)
+        store.reconcile()
+        time.sleep(0.5)
 
 
 def command_line(spec: SweepSpec, sweep_id: str, store_url: str, data_root: str | None = None) -> list[str]:
