@@ -427,6 +427,17 @@ class RunStore:
         with self.engine.connect() as c:
             return c.execute(sa.select(t.c.name).where(t.c.run_id == run_id, t.c.name == name)).first() is not None
 
+    def runs_with_checkpoint(self, name: str) -> set[int]:
+        """Ids of every run that has checkpoint `name`: one directory listing or one query, for pickers
+        that would otherwise ask run by run (seconds at 10,000 runs on PostgreSQL)."""
+        if self.folder:
+            if not self.folder.is_dir():
+                return set()
+            return {int(p.parent.name) for p in self.folder.glob(f"*/{name}.pt") if p.parent.name.isdigit()}
+        t = checkpoints_table
+        with self.engine.connect() as c:
+            return set(c.execute(sa.select(t.c.run_id).where(t.c.name == name).distinct()).scalars())
+
     def load_checkpoint(self, run_id: int, name: str = "best") -> dict:
         data, where = self._checkpoint(run_id, name)
         return load_state_bytes(data, where)

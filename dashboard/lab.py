@@ -49,8 +49,9 @@ def trained_models() -> list[Choice]:
     """Shipped references first, then finished or stopped runs that saved a checkpoint, newest first."""
     s = store()
     choices = [Choice(f"{n} (reference)", n, True) for n in reference_names()]
+    with_best = s.runs_with_checkpoint("best")
     for run in s.list_runs():
-        if run.status in ("finished", "stopped") and s.has_checkpoint(run.id, "best"):
+        if run.status in ("finished", "stopped") and run.id in with_best:
             acc = f", {run.best_test_acc:.2f}%" if run.best_test_acc is not None else ""
             name = f" {run.label}" if run.label else ""
             choices.append(Choice(f"run {run.id}: {run.model}{name}{acc}", run.model, False, run.id))

@@ -66,6 +66,19 @@ def test_checkpoint_round_trip_is_atomic_and_weights_only(store_url):
             assert c.execute(sa.text("select count(*) from checkpoints")).scalar() == 1
 
 
+def test_runs_with_a_checkpoint_in_one_call(store_url):
+    store = RunStore(store_url)
+    assert store.runs_with_checkpoint("best") == set()
+    a, b, c = (store.create_run(TrainConfig()) for _ in range(3))
+    store.save_checkpoint(a, "best", {"w": torch.zeros(1)})
+    store.save_checkpoint(b, "last", {"w": torch.zeros(1)})
+    store.save_checkpoint(c, "best", {"w": torch.zeros(1)})
+    store.save_checkpoint(c, "last", {"w": torch.zeros(1)})
+    assert store.runs_with_checkpoint("best") == {a, c}
+    assert store.runs_with_checkpoint("last") == {b, c}
+    assert all(store.has_checkpoint(r, "best") == (r in {a, c}) for r in (a, b, c))
+
+
 def corrupt_checkpoint(store: RunStore, rid: int, data: bytes) -> None:
     if store.is_sqlite:
         (store.run_dir(rid) / "last.pt").write_bytes(data)
