@@ -25,6 +25,7 @@ from core.models import MODELS, FastDropout, build_model, count_parameters
 from core.runs import load_state_bytes
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+SEED_RECIPE_DIR = "seed-recipe"  # subfolder of a results folder holding runs of the seed's own recipe
 
 
 def reference_names() -> list[str]:
@@ -34,8 +35,12 @@ def reference_names() -> list[str]:
 
 def seed_recipe_names() -> list[str]:
     """Variants with a shipped run of the seed's own recipe (core/reference/seed-recipe/), in registry order."""
-    folder = REFERENCE_DIR / SEED_RECIPE_DIR
-    return [n for n in MODELS if (folder / f"{n}.json").is_file()]
+    return [n for n in MODELS if (REFERENCE_DIR / SEED_RECIPE_DIR / f"{n}.json").is_file()]
+
+
+def seed_recipe_info(name: str) -> dict:
+    """Like reference_info, for the shipped run of the seed's own recipe."""
+    return reference_info(name, REFERENCE_DIR / SEED_RECIPE_DIR)
 
 
 def reference_info(name: str, folder: Path = REFERENCE_DIR) -> dict:
@@ -75,14 +80,11 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
-SEED_RECIPE_DIR = "seed-recipe"  # subfolder of a results folder holding runs of the seed's own recipe
-
-
-def _result_row(label: str, spec, info: dict) -> str:
+def _result_row(label: str, info: dict) -> str:
     name = info["model"]
     eps = info["epochs"]
     best = max(eps, key=lambda e: e["test_acc"])
-    seed = spec.seed
+    seed = MODELS[name].seed
     seed_cells = [f"{seed.params:,}", _pct(seed.best_train), _pct(seed.best_test)] if seed else ["ours", "–", "–"]
     c = info["config"]
     how = f"{c['optimizer'].upper()}{' Nesterov' if c['nesterov'] else ''}, {c['scheduler']}, lr {c['lr']:g}"
@@ -107,15 +109,11 @@ def results_table(folder: Path = REFERENCE_DIR) -> str:
         "|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|"
     )
     rows = [head]
-    for name, spec in MODELS.items():
-        path = Path(folder) / f"{name}.json"
-        if path.is_file():
-            rows.append(_result_row(name, spec, reference_info(name, folder)))
-    # Runs of the seed's own recipe, where one was kept (python -m core.reference M --recipe seed --out .../seed-recipe)
-    for name, spec in MODELS.items():
-        path = Path(folder) / SEED_RECIPE_DIR / f"{name}.json"
-        if path.is_file():
-            rows.append(_result_row(f"{name}, seed's recipe", spec, reference_info(name, path.parent)))
+    # The reference runs, then runs of the seed's own recipe where one was kept (--recipe seed)
+    for sub, suffix in (("", ""), (SEED_RECIPE_DIR, ", seed's recipe")):
+        for name in MODELS:
+            if (Path(folder) / sub / f"{name}.json").is_file():
+                rows.append(_result_row(name + suffix, reference_info(name, Path(folder) / sub)))
     return "\n".join(rows)
 
 

@@ -329,13 +329,13 @@ class RunStore:
         ]
         # A process that died after it was asked to stop (e.g. a sweep's trial actor torn down by Ray
         # while it was winding down) did what was asked: the run is stopped, with its saved epochs.
-        for stop_was_asked, status, error in (
-            (False, "interrupted", "the training process died before finishing"),
-            (True, "stopped", None),
-        ):
-            ids = [r.id for r in dead if bool(r.stop_requested) == stop_was_asked]
-            if ids:
-                with self.engine.begin() as c:
+        if dead:
+            with self.engine.begin() as c:
+                for stop_was_asked, status, error in (
+                    (False, "interrupted", "the training process died before finishing"),
+                    (True, "stopped", None),
+                ):
+                    ids = [r.id for r in dead if bool(r.stop_requested) == stop_was_asked]
                     c.execute(
                         runs_table.update()
                         .where(runs_table.c.id.in_(ids), runs_table.c.status == "running")

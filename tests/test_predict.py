@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from core.data import FILES, MEAN, STD
-from core.predict import EmptyImageError, as_picture, feature_maps, predict, preprocess, probabilities
+from core.predict import EmptyImageError, as_picture, decode_picture, feature_maps, predict, preprocess, probabilities
 
 CANVAS = 280
 
@@ -102,8 +102,6 @@ def test_decoded_files_of_every_kind_read_like_the_array():
         "gif": _encode(pil, "GIF"),
     }
     for name, data in files.items():
-        from core.predict import decode_picture
-
         torch.testing.assert_close(preprocess(decode_picture(data)), expected, atol=0.08, rtol=0, msg=name)
 
 
@@ -112,15 +110,11 @@ def test_decoded_files_of_every_kind_read_like_the_array():
     (b"", "not a readable picture"),
 ])
 def test_undecodable_files_get_a_message(data, message):
-    from core.predict import decode_picture
-
     with pytest.raises(ValueError, match=message):
         decode_picture(data)
 
 
 def test_truncated_and_oversized_files_get_a_message():
-    from core.predict import decode_picture
-
     png = _encode(Image.fromarray(stroke_picture()), "PNG")
     with pytest.raises(ValueError, match="could not be decoded|not a readable"):
         decode_picture(png[: len(png) // 2])

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.reference import REFERENCE_DIR, SEED_RECIPE_DIR, reference_info, reference_names, seed_recipe_names
+from core.reference import reference_info, reference_names, seed_recipe_info, seed_recipe_names
 
 
 def main() -> None:
@@ -18,7 +18,7 @@ def main() -> None:
         info = reference_info(name)
         options[f"{name} (reference)"] = {"model": name, "params": info["params"], "epochs": info["epochs"]}
     for name in seed_recipe_names():  # the seed's own recipe next to our tuned one: what the schedule did
-        info = reference_info(name, REFERENCE_DIR / SEED_RECIPE_DIR)
+        info = seed_recipe_info(name)
         options[f"{name}, seed's recipe (reference)"] = {"model": name, "params": info["params"], "epochs": info["epochs"]}
     runs = store.list_runs()
     per_run = store.epochs_of([r.id for r in runs])
