@@ -4,9 +4,10 @@
     python -m core.bench --batches 5 --skip-time-to-target   # a smoke test in seconds
 
 Both sides train Model3 (Dropout 0.1, batch 128, SGD lr 0.01 momentum 0.9, rotation +-7) for the same
-number of batches. Ours goes through `Trainer` (tensors in memory, whole-batch augmentation, FastDropout);
-the seed's is DataLoader(num_workers=0) + RandomRotation + ToTensor + Normalize over torchvision's
-MNIST files, with the model's dropout layers as plain nn.Dropout, as the seed wrote them.
+number of batches. Ours goes through `Trainer` (tensors in memory, whole-batch augmentation, channels_last,
+FastDropout, FastBatchNorm2d); the seed's is DataLoader(num_workers=0) + RandomRotation + ToTensor +
+Normalize over torchvision's MNIST files, with torch's own nn.Dropout and nn.BatchNorm2d, as the seed
+wrote them.
 """
 
 from __future__ import annotations
@@ -22,19 +23,23 @@ import torch.nn.functional as F
 
 from core.config import TrainConfig, recipe
 from core.data import MEAN, STD, data_root, load_mnist
-from core.models import FastDropout, build_model
+from core.layers import FastBatchNorm2d, FastDropout
+from core.models import build_model
 from core.train import Trainer
 
 TARGET = 99.4  # test accuracy (%) for the time-to-target measurement
 
 
 def seed_model() -> nn.Module:
-    """Model3 as the seed wrote it: our module tree with nn.Dropout where we use FastDropout."""
+    """Model3 as the seed wrote it: our module tree with torch's nn.Dropout and nn.BatchNorm2d where
+    we use FastDropout and FastBatchNorm2d (freshly initialised, as ours are)."""
     model = build_model("Model3")
     for block in model.modules():
         for name, child in block.named_children():
             if isinstance(child, FastDropout):
                 setattr(block, name, nn.Dropout(child.p))
+            elif isinstance(child, FastBatchNorm2d):
+                setattr(block, name, nn.BatchNorm2d(child.num_features))
     return model
 
 

@@ -1,0 +1,149 @@
+"""Layers with torch's maths and a faster CPU path for the small, channels_last nets we train.
+
+`FastDropout` is nn.Dropout, `FastBatchNorm2d` is nn.BatchNorm2d (same parameters, buffers and
+state_dict, so checkpoints load into either); each docstring says what is cheaper and why.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class FastDropout(nn.Module):
+    """nn.Dropout's maths, cheaper on CPU: keep prob 1-p, survivors scaled by 1/keep, a fresh mask
+    per call, identity in eval.
+
+    The mask comes from 16-bit random integers, four per 64-bit draw of the generator, compared with a
+    threshold: no float uniform and no division. On this CPU the draw costs ~0.45 ms for a 128x8x26x26
+    activation against ~1.4 ms for `rand_like` and ~3.4 ms for the `bernoulli_` inside F.dropout.
+    p is thereby rounded to a multiple of 1/65536 (0.1 -> 0.100006), and the scale uses the rounded
+    keep probability so the expected output still equals the input exactly.
+    """
+
+    LEVELS = 65536  # 16-bit random integers
+
+    def __init__(self, p: float = 0.1):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        self.p = p
+        self.drop_levels = round(p * self.LEVELS)  # of the 65536 random values, this many drop
+        self.scale = self.LEVELS / (self.LEVELS - self.drop_levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_levels == 0:
+            return x
+        n = x.numel()
+        # Full-range 64-bit draws (from=int64 min, to=None) take the generator's fast 64-bit path: ~2.4x
+        # faster per random bit here than bounded int32 draws, which pay a modulo per value.
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        r16 = bits.view(torch.int16)[:n]  # four uniform 16-bit lanes per draw
+        # Lay the mask out like x (channels_last in training, see core.train) so the multiply streams;
+        # the bits are i.i.d., so any layout gives the same distribution.
+        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        r16 = r16.as_strided(x.shape, x.stride()) if dense else r16.view(x.shape)
+        keep = r16 >= self.drop_levels - self.LEVELS // 2
+        return x * keep.to(x.dtype).mul_(self.scale)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _columns(t: torch.Tensor) -> torch.Tensor:
+    """A channels_last (N, C, H, W) tensor as a 2-D view (rows, k*C), k a power of two up to 16.
+
+    Column j holds channel j % C. Folding k pixels into a row makes the per-channel reductions and
+    the scale-and-shift run over rows of up to 16*C floats instead of C (8-12 here), which is what
+    lets them vectorise.
+    """
+    n, c, h, w = t.shape
+    pixels = n * h * w
+    k = 16
+    while pixels % k:
+        k //= 2
+    return t.permute(0, 2, 3, 1).view(pixels // k, k * c)
+
+
+def _per_channel_sum(cols: torch.Tensor, channels: int) -> torch.Tensor:
+    return cols.sum(0).view(-1, channels).sum(0)
+
+
+class _ChannelsLastBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm of a channels_last tensor: out = x * a + c per channel.
+
+    Forward: two reductions (sum x, sum x^2) and one fused multiply-add. Backward: two reductions
+    (sum dy, sum dy*x) and two fused multiply-adds, from dx = a*dy + b*x + c', the usual batch-norm
+    gradient with its per-channel terms collected. Returns (out, batch mean, biased batch var).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        channels = x.shape[1]
+        cols = _columns(x)
+        n = x.numel() // channels
+        k = cols.shape[1] // channels
+        mean = _per_channel_sum(cols, channels) / n
+        # E[x^2] - E[x]^2: the inputs here are ReLU outputs (mean ~ std), so float32 loses nothing
+        # that matters; clamped so rounding can never make it negative.
+        var = (_per_channel_sum(cols * cols, channels) / n - mean * mean).clamp_min_(0)
+        istd = (var + eps).rsqrt()
+        a = weight * istd
+        out = torch.empty_like(x)
+        torch.addcmul((bias - mean * a).repeat(k), cols, a.repeat(k), out=_columns(out))
+        ctx.save_for_backward(x, weight, mean, istd)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        x, weight, mean, istd = ctx.saved_tensors
+        channels = x.shape[1]
+        cols = _columns(x)
+        dy = _columns(grad_out.contiguous(memory_format=torch.channels_last))
+        n = x.numel() // channels
+        k = cols.shape[1] // channels
+        sum_dy = _per_channel_sum(dy, channels)
+        sum_dy_xhat = istd * (_per_channel_sum(dy * cols, channels) - mean * sum_dy)  # = grad of weight
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            a = weight * istd
+            b = -a * istd * sum_dy_xhat / n
+            c = -a * sum_dy / n - b * mean
+            grad_x = torch.empty_like(x)
+            gx = _columns(grad_x)
+            torch.addcmul(c.repeat(k), cols, b.repeat(k), out=gx)
+            gx.addcmul_(dy, a.repeat(k))
+        return grad_x, sum_dy_xhat, sum_dy, None
+
+
+class FastBatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d; in training on channels_last CPU input, computed by `_ChannelsLastBatchNorm`.
+
+    Torch's own CPU kernel for channels_last input with few channels is slow: for 128x12x24x24,
+    forward + backward take ~2.8 ms, against ~0.75 ms here (and ~0.8 ms for NCHW input, which the
+    convolutions would pay for many times over). Running statistics are updated as torch does
+    (momentum, unbiased running variance, num_batches_tracked). Any other case (eval, NCHW, CUDA,
+    cumulative momentum, one value per channel) is nn.BatchNorm2d's own forward.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (
+            self.training
+            and self.affine
+            and self.track_running_stats
+            and self.momentum is not None
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and x.numel() > x.shape[1]
+        ):
+            return super().forward(x)
+        out, mean, var = _ChannelsLastBatchNorm.apply(x, self.weight, self.bias, self.eps)
+        n = x.numel() // x.shape[1]
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * (n / (n - 1)), self.momentum)
+        return out

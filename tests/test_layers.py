@@ -1,0 +1,75 @@
+"""FastBatchNorm2d is nn.BatchNorm2d: same outputs, gradients, running statistics and state_dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from core.layers import FastBatchNorm2d
+
+CL = torch.channels_last
+
+
+def pair(channels: int, seed: int = 0) -> tuple[FastBatchNorm2d, nn.BatchNorm2d]:
+    torch.manual_seed(seed)
+    ours, theirs = FastBatchNorm2d(channels), nn.BatchNorm2d(channels)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-1, 1)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+@pytest.mark.parametrize(
+    "shape, shift",
+    [((128, 12, 24, 24), 0.0), ((64, 8, 26, 26), 1.0), ((3, 10, 5, 7), 0.0), ((5, 12, 1, 1), -2.0), ((2, 8, 4, 4), 5.0)],
+)
+def test_training_step_matches_torch(shape, shift):
+    ours, theirs = pair(shape[1])
+    torch.manual_seed(1)
+    x = (torch.randn(shape) * 2 + shift).contiguous(memory_format=CL)
+    grad = torch.randn(shape).contiguous(memory_format=CL)
+    outputs, grads = [], []
+    for bn in (ours, theirs):
+        xi = x.clone().requires_grad_()
+        for _ in range(3):  # running statistics over several steps
+            y = bn(xi)
+        y.backward(grad)
+        outputs.append(y)
+        grads.append((xi.grad, bn.weight.grad, bn.bias.grad))
+    assert outputs[0].is_contiguous(memory_format=CL)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads[0], grads[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3 * b.abs().max().item())
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_in_another_layout_and_input_without_grad():
+    ours, theirs = pair(12)
+    x = torch.randn(16, 12, 6, 6).contiguous(memory_format=CL)
+    w = torch.randn(16, 12, 6, 6)  # NCHW: the incoming gradient is not channels_last
+    for bn in (ours, theirs):
+        (bn(x) * w).sum().backward()
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_eval_nchw_and_state_dict_are_torchs():
+    ours, theirs = pair(8)
+    x = torch.randn(4, 8, 5, 5).contiguous(memory_format=CL)
+    ours(x), theirs(x)
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x))
+    ours.train(), theirs.train()
+    nchw = torch.randn(4, 8, 5, 5)
+    torch.testing.assert_close(ours(nchw), theirs(nchw))
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    nn.BatchNorm2d(8).load_state_dict(ours.state_dict())  # checkpoints move between the two
+
+
+def test_one_value_per_channel_is_refused_like_torch():
+    ours, _ = pair(8)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        ours(torch.randn(1, 8, 1, 1).contiguous(memory_format=CL))
