@@ -40,7 +40,7 @@ def test_training_step_matches_torch(shape, shift):
         grads.append((xi.grad, bn.weight.grad, bn.bias.grad))
     assert outputs[0].is_contiguous(memory_format=CL)
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
-    for a, b in zip(grads[0], grads[1]):
+    for a, b in zip(grads[0], grads[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3 * b.abs().max().item())
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=1e-5, atol=1e-6)
