@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 from core.config import TrainConfig, recipe
-from core.models import MODELS, FastDropout, build_model, count_parameters
+from core.layers import FastDropout
+from core.models import MODELS, build_model, count_parameters
 from core.runs import load_state_bytes
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from core.bench import main as bench_main
 from core.bench import seed_model
-from core.models import FastDropout
+from core.layers import FastBatchNorm2d, FastDropout
 
 
 def test_fast_dropout_keeps_the_right_fraction_and_scale():
@@ -59,10 +59,11 @@ def test_fast_dropout_follows_the_input_layout():
     assert abs((drop(strided) != 0).float().mean().item() - 0.9) < 0.05
 
 
-def test_seed_model_uses_plain_dropout():
+def test_seed_model_uses_torchs_own_dropout_and_batch_norm():
     model = seed_model()
-    assert not any(isinstance(m, FastDropout) for m in model.modules())
+    assert not any(isinstance(m, (FastDropout, FastBatchNorm2d)) for m in model.modules())
     assert sum(isinstance(m, nn.Dropout) for m in model.modules()) == 5
+    assert sum(type(m) is nn.BatchNorm2d for m in model.modules()) == 7
 
 
 def test_bench_prints_a_ratio_line(synthetic_root, capsys):

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 
 from core.architecture import receptive_field_table
-from core.models import MODELS, FastDropout, build_model, count_parameters
+from core.layers import FastDropout
+from core.models import MODELS, build_model, count_parameters
 
 SEED_MODEL3_TABLE = [  # (block, output HxWxC, receptive field) from shared/SEED.md
     ("convblock1", (8, 26, 26), 3),
