@@ -250,6 +250,20 @@ class RunStore:
         with self.engine.connect() as c:
             return [_run(r) for r in c.execute(q).mappings()]
 
+    def count_runs(self) -> int:
+        with self.engine.connect() as c:
+            return c.execute(sa.select(sa.func.count()).select_from(runs_table)).scalar_one()
+
+    def best_by_model(self) -> dict[str, float]:
+        """Best test accuracy reached by any run, per model: one aggregate query, however many runs."""
+        q = (
+            sa.select(runs_table.c.model, sa.func.max(runs_table.c.best_test_acc))
+            .where(runs_table.c.best_test_acc.is_not(None))
+            .group_by(runs_table.c.model)
+        )
+        with self.engine.connect() as c:
+            return {model: best for model, best in c.execute(q)}
+
     def sweeps(self) -> list[str]:
         """Sweep ids that have trials in the store, newest first."""
         q = (

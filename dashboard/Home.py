@@ -35,9 +35,8 @@ def home() -> None:
     best: dict[str, float] = {}
     for name in reference_names():
         best[name] = max(e["test_acc"] for e in reference_info(name)["epochs"])
-    for run in store.list_runs():
-        if run.best_test_acc is not None:
-            best[run.model] = max(best.get(run.model, 0.0), run.best_test_acc)
+    for model, acc in store.best_by_model().items():
+        best[model] = max(best.get(model, 0.0), acc)
     rows = []
     for spec in MODELS.values():
         model = build_model(spec.name)

@@ -181,3 +181,27 @@ def test_compare_offers_the_seed_recipe_run_next_to_the_tuned_one(store_url):
     at.multiselect(key="runs").set_value(["Model3, seed's recipe (reference)", "Model3 (reference)"]).run()
     table = at.dataframe[0].value.set_index("run")
     assert table.loc["Model3, seed's recipe (reference)", "best test %"] < table.loc["Model3 (reference)", "best test %"]
+
+
+def test_compare_lists_the_newest_runs_and_reads_epochs_of_the_chosen_only(store_url, monkeypatch):
+    from core.config import TrainConfig
+    from core.runs import RunStore
+    from core.train import EpochResult
+
+    store = RunStore(store_url)
+    ids = [store.create_run(TrainConfig(model="Model2c"), label=f"r{i}") for i in range(5)]
+    for i, rid in enumerate(ids):
+        store.add_epoch(rid, EpochResult(1, 0.5, 90.0, 0.4, 90.0 + i, 0.01, 1.0))
+    monkeypatch.syspath_prepend(str(Path(HOME).parent))
+    import lab
+
+    monkeypatch.setattr(lab, "NEWEST_RUNS", 3)
+    at = open_page("views/Compare.py")
+    runs = [o for o in at.multiselect(key="runs").options if o.startswith("run ")]
+    assert runs == [f"run {rid}: Model2c r{i} (queued)" for i, rid in reversed(list(enumerate(ids)))][:3]
+    assert any("newest 3 of 5 runs" in c.value for c in at.caption)
+    at.multiselect(key="runs").set_value([runs[0], runs[2]]).run()
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc[runs[0], "best test %"] == 94.0 and table.loc[runs[2], "best test %"] == 92.0
+    at = open_page()  # Home's best per variant comes from one aggregate query over every run
+    assert at.dataframe[0].value.set_index("variant").loc["Model2c", "our best test %"] >= 94.0

@@ -43,6 +43,19 @@ def test_run_round_trip(store_url):
     assert [r.id for r in store.list_runs()] == [rid]
 
 
+def test_count_and_best_per_model_in_one_query_each(store_url):
+    store = RunStore(store_url)
+    assert (store.count_runs(), store.best_by_model()) == (0, {})
+    a, b, c = (store.create_run(TrainConfig(model=m)) for m in ("Model3", "Model3", "Tiny4k"))
+    store.create_run(TrainConfig(model="Model2"))  # no epoch yet: no best
+    store.add_epoch(a, epoch(1, 97.0))
+    store.add_epoch(b, epoch(1, 98.5))
+    store.add_epoch(b, epoch(2, 98.0))
+    store.add_epoch(c, epoch(1, 96.0))
+    assert store.count_runs() == 4
+    assert store.best_by_model() == {"Model3": 98.5, "Tiny4k": 96.0}
+
+
 def test_sqlite_store_uses_wal(store_url):
     store = RunStore(store_url)
     if not store.is_sqlite:

@@ -13,26 +13,32 @@ from core.reference import reference_info, reference_names, seed_recipe_info, se
 def main() -> None:
     st.title("Compare")
     store = lab.store()
-    options: dict[str, dict] = {}  # label -> {"model", "params", "epochs"}
+    # label -> {"model", "params", and "epochs" (references) or "run_id" (runs: epochs read once chosen)}
+    options: dict[str, dict] = {}
     for name in reference_names():
         info = reference_info(name)
         options[f"{name} (reference)"] = {"model": name, "params": info["params"], "epochs": info["epochs"]}
     for name in seed_recipe_names():  # the seed's own recipe next to our tuned one: what the schedule did
         info = seed_recipe_info(name)
         options[f"{name}, seed's recipe (reference)"] = {"model": name, "params": info["params"], "epochs": info["epochs"]}
-    runs = store.list_runs()
-    per_run = store.epochs_of([r.id for r in runs])
+    runs = store.list_runs(limit=lab.NEWEST_RUNS)
     for r in runs:
         label = f"run {r.id}: {r.model}" + (f" {r.label}" if r.label else "") + f" ({r.status})"
-        options[label] = {"model": r.model, "params": r.params, "epochs": per_run[r.id]}
+        options[label] = {"model": r.model, "params": r.params, "run_id": r.id, "has_epochs": r.epoch > 0}
     if not options:
         st.info("Nothing to compare yet. " + lab.NO_MODEL_HINT)
         return
-    default = [k for k, v in options.items() if v["epochs"]][:4]
+    default = [k for k, v in options.items() if v.get("has_epochs") or v.get("epochs")][:4]
     chosen = st.multiselect("Runs", list(options), default=default, key="runs")
+    if len(runs) == lab.NEWEST_RUNS and (total := store.count_runs()) > len(runs):
+        st.caption(f"Listing the newest {len(runs)} of {total:,} runs.")
     if not chosen:
         st.info("Choose one or more runs above.")
         return
+    per_run = store.epochs_of([options[k]["run_id"] for k in chosen if "run_id" in options[k]])  # chosen runs only
+    for k in chosen:
+        if "run_id" in options[k]:
+            options[k]["epochs"] = per_run[options[k]["run_id"]]
 
     series = {k: options[k]["epochs"] for k in chosen if options[k]["epochs"]}
     if series:
