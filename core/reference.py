@@ -34,9 +34,11 @@ def reference_names() -> list[str]:
     return [n for n in MODELS if (REFERENCE_DIR / f"{n}.pt").is_file() and (REFERENCE_DIR / f"{n}.json").is_file()]
 
 
-def seed_recipe_names() -> list[str]:
-    """Variants with a shipped run of the seed's own recipe (core/reference/seed-recipe/), in registry order."""
-    return [n for n in MODELS if (REFERENCE_DIR / SEED_RECIPE_DIR / f"{n}.json").is_file()]
+def seed_recipe_names(with_weights: bool = False) -> list[str]:
+    """Variants with a shipped run of the seed's own recipe (core/reference/seed-recipe/), in registry
+    order; with_weights: only those whose weights (.pt) ship too."""
+    folder = REFERENCE_DIR / SEED_RECIPE_DIR
+    return [n for n in MODELS if (folder / f"{n}.json").is_file() and (not with_weights or (folder / f"{n}.pt").is_file())]
 
 
 def seed_recipe_info(name: str) -> dict:
@@ -49,9 +51,10 @@ def reference_info(name: str, folder: Path = REFERENCE_DIR) -> dict:
     return json.loads((Path(folder) / f"{name}.json").read_text())
 
 
-def load_reference_model(name: str) -> nn.Module:
-    """The shipped weights of a variant, in eval mode, loaded with weights_only=True."""
-    path = REFERENCE_DIR / f"{name}.pt"
+def load_reference_model(name: str, seed_recipe: bool = False) -> nn.Module:
+    """The shipped weights of a variant (of its seed's-recipe run with seed_recipe=True), in eval mode,
+    loaded with weights_only=True."""
+    path = (REFERENCE_DIR / SEED_RECIPE_DIR if seed_recipe else REFERENCE_DIR) / f"{name}.pt"
     state = load_state_bytes(path.read_bytes(), str(path))
     config = TrainConfig.from_json(state["config"])
     model = build_model(config.model, config.dropout)

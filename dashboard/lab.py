@@ -11,7 +11,7 @@ import torch.nn as nn
 from core.data import MNIST, load_mnist
 from core.evaluation import Evaluation, evaluate_classes
 from core.models import build_model
-from core.reference import load_reference_model, reference_info, reference_names
+from core.reference import load_reference_model, reference_names, seed_recipe_names
 from core.runs import RunStore, default_url
 
 # Pages list at most this many of the newest runs (each rerun reads them; 10,000 runs take ~0.65 s).
@@ -45,6 +45,7 @@ class Choice:
     model: str  # variant name
     reference: bool
     run_id: int | None = None
+    seed_recipe: bool = False  # a reference trained with the seed's own recipe (core/reference/seed-recipe/)
 
 
 def trained_models() -> list[Choice]:
@@ -52,6 +53,7 @@ def trained_models() -> list[Choice]:
     (from the newest NEWEST_RUNS runs)."""
     s = store()
     choices = [Choice(f"{n} (reference)", n, True) for n in reference_names()]
+    choices += [Choice(f"{n}, seed's recipe (reference)", n, True, seed_recipe=True) for n in seed_recipe_names(True)]
     with_best = s.runs_with_checkpoint("best")
     for run in s.list_runs(limit=NEWEST_RUNS):
         if run.status in ("finished", "stopped") and run.id in with_best:
@@ -64,7 +66,7 @@ def trained_models() -> list[Choice]:
 @st.cache_resource(show_spinner="Loading the model...", max_entries=16)
 def load_model(choice: Choice, store_url: str) -> nn.Module:
     if choice.reference:
-        return load_reference_model(choice.model)
+        return load_reference_model(choice.model, choice.seed_recipe)
     state = _store(store_url).load_checkpoint(choice.run_id, "best")
     config = state["config"]
     from core.config import TrainConfig
@@ -105,10 +107,6 @@ def default_choice(choices: list[Choice]) -> int:
         if not c.reference:
             return i
     return next((i for i, c in enumerate(choices) if c.model == "Model3"), 0)
-
-
-def reference_epochs(name: str) -> list[dict]:
-    return reference_info(name)["epochs"]
 
 
 def curves(series: dict[str, list[dict]], metrics: list[str], title: str, y_title: str) -> go.Figure:

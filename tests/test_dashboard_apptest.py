@@ -111,10 +111,6 @@ def test_pages_use_shipped_reference_models(store_url, tmp_path, monkeypatch):
     reference.save_reference(trainer.config, trainer.model, epochs, 1.0, folder=folder)
     monkeypatch.setattr(reference, "REFERENCE_DIR", folder)
     monkeypatch.setattr(reference, "reference_info", functools.partial(reference.reference_info, folder=folder))
-    monkeypatch.syspath_prepend(str(Path(HOME).parent))
-    import lab  # the pages' shared module keeps its own reference to reference_info
-
-    monkeypatch.setattr(lab, "reference_info", reference.reference_info)
 
     at = open_page()
     table = at.dataframe[0].value.set_index("variant")
@@ -205,3 +201,10 @@ def test_compare_lists_the_newest_runs_and_reads_epochs_of_the_chosen_only(store
     assert table.loc[runs[0], "best test %"] == 94.0 and table.loc[runs[2], "best test %"] == 92.0
     at = open_page()  # Home's best per variant comes from one aggregate query over every run
     assert at.dataframe[0].value.set_index("variant").loc["Model2c", "our best test %"] >= 94.0
+
+
+def test_draw_and_inspect_offer_the_seed_recipe_model(store_url):
+    at = open_page("views/Inspect.py")
+    box = at.selectbox(key="inspect-model")
+    assert "Model3, seed's recipe (reference)" in box.options and "Model3 (reference)" in box.options
+    assert box.value.label == "Model3 (reference)"  # the default stays the tuned flagship
