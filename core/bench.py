@@ -2,6 +2,7 @@
 
     python -m core.bench                           # speed ratio, time to 99.4%, peak memory
     python -m core.bench --batches 5 --skip-time-to-target   # a smoke test in seconds
+    python -m core.bench --profile --batches 50              # where our engine's step time goes
 
 Both sides train Model3 (Dropout 0.1, batch 128, SGD lr 0.01 momentum 0.9, rotation +-7) for the same
 number of batches. Ours goes through `Trainer` (tensors in memory, whole-batch augmentation, channels_last,
@@ -138,6 +139,17 @@ def images_per_second(batches: int, rounds: int, data_dir: str | None) -> tuple[
     return 128 * chunk * rounds / seconds["seed"], 128 * chunk * rounds / seconds["ours"], peaks
 
 
+def profile_engine(batches: int, data_dir: str | None, rows: int = 15) -> str:
+    """torch.profiler's table (self CPU time per op) over `batches` training batches of our engine."""
+    from torch.profiler import ProfilerActivity, profile
+
+    side = EngineSide(batches, data_dir)
+    side.run()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        side.run()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=45)
+
+
 def time_to_target(config: TrainConfig, data_dir: str | None) -> tuple[float | None, int | None, float]:
     """(seconds from start to the first epoch at >= TARGET test accuracy, that epoch, best accuracy)."""
     t0 = time.perf_counter()
@@ -164,9 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds the batches are split into")
     p.add_argument("--data", default=None, help="MNIST root (default: $MNIST_ROOT, else ./data)")
     p.add_argument("--skip-time-to-target", action="store_true", help="only the speed ratio and memory")
+    p.add_argument("--profile", action="store_true", help="only profile our engine over --batches batches (where the time goes)")
     args = p.parse_args(argv)
     if args.batches < 1 or args.rounds < 1:
         p.error("--batches and --rounds must be >= 1")
+    if args.profile:
+        print(f"Model3, batch 128, {args.batches} batches of our engine, {torch.get_num_threads()} threads", flush=True)
+        print(profile_engine(args.batches, args.data))
+        return 0
 
     print(f"Model3, batch 128, {args.batches} timed batches each side, {torch.get_num_threads()} threads", flush=True)
     plain, ours, peaks = images_per_second(args.batches, args.rounds, args.data)

@@ -112,11 +112,15 @@ def measure_queries(store: RunStore) -> dict:
         "runs_in_store": len(ids),
         "list_runs_all_ms": timed(store.list_runs, 3),
         "list_runs_limit_50_ms": timed(lambda: store.list_runs(limit=50)),
+        "list_runs_limit_300_ms": timed(lambda: store.list_runs(limit=300)),  # Compare and the pickers
+        "best_by_model_ms": timed(store.best_by_model),  # Home
+        "count_runs_ms": timed(store.count_runs),
+        "runs_with_checkpoint_ms": timed(lambda: store.runs_with_checkpoint("best")),  # the pickers
         "list_runs_running_ms": timed(lambda: store.list_runs(status="running")),
         "get_one_ms": timed(lambda: store.get(ids[len(ids) // 2]), 20),
         "epochs_one_run_ms": timed(lambda: store.epochs(ids[len(ids) // 2]), 20),
         "epochs_of_8_runs_ms": timed(lambda: store.epochs_of(some), 10),
-        "epochs_of_all_runs_ms": timed(lambda: store.epochs_of(ids), 3),  # what Compare does today
+        "epochs_of_all_runs_ms": timed(lambda: store.epochs_of(ids), 3),  # what Compare did before bounded reads
         "has_checkpoint_per_run_ms": timed(lambda: [store.has_checkpoint(i, "best") for i in ids[:1000]], 1) * len(ids) / 1000,
         "sweep_trials_ms": timed(lambda: store.list_runs(sweep="bench-42"), 10),
     }

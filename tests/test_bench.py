@@ -72,3 +72,9 @@ def test_bench_prints_a_ratio_line(synthetic_root, capsys):
     ratio = [line for line in out.splitlines() if "ratio" in line]
     assert len(ratio) == 1 and ratio[0].split()[1].endswith("x")
     assert "images/s" in out and "peak memory" in out
+
+
+def test_bench_profile_names_the_ops(synthetic_root, capsys):
+    assert bench_main(["--profile", "--batches", "2", "--data", str(synthetic_root)]) == 0
+    out = capsys.readouterr().out
+    assert "Self CPU" in out and "convolution" in out and "_ChannelsLastBatchNorm" in out
