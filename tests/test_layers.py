@@ -46,6 +46,24 @@ def test_training_step_matches_torch(shape, shift):
         torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("offset", [100.0, 1000.0])
+def test_inputs_far_from_zero_keep_their_precision(offset):
+    """Two-pass statistics: no cancellation when the mean dwarfs the spread (float64 as the truth)."""
+    torch.manual_seed(3)
+    x = (torch.randn(32, 12, 10, 10) * 0.5 + offset).contiguous(memory_format=CL).requires_grad_()
+    truth = nn.BatchNorm2d(12).double()
+    x64 = x.detach().double().requires_grad_()
+    grad = torch.randn(32, 12, 10, 10)
+    expected = truth(x64)
+    expected.backward(grad.double())
+    ours = FastBatchNorm2d(12)
+    y = ours(x)
+    y.backward(grad)
+    assert (y.double() - expected).abs().max() < 1e-3 * offset / 100  # torch's float32 kernel: ~6e-4 at 100
+    assert (x.grad.double() - x64.grad).abs().max() < 1e-3 * offset / 100
+    torch.testing.assert_close(ours.running_var.double(), truth.running_var, rtol=1e-3, atol=0)
+
+
 def test_gradient_in_another_layout_and_input_without_grad():
     ours, theirs = pair(12)
     x = torch.randn(16, 12, 6, 6).contiguous(memory_format=CL)
