@@ -118,3 +118,18 @@ def recipe(model: str, name: str = "reference", **overrides) -> TrainConfig:
         raise ConfigError(f"recipe must be 'seed' or 'reference', got {name!r}")
     preset = spec.seed_recipe if name == "seed" else spec.reference_recipe
     return TrainConfig.from_dict({"model": model, **preset, **overrides})
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Command-line KEY=VALUE settings -> a dict; values are read as JSON (0.05, true, null), else kept
+    as plain strings (adam). TrainConfig.from_dict then checks names and types."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from core.config import TrainConfig, recipe
+from core.config import ConfigError, TrainConfig, parse_overrides, recipe
 from core.layers import FastDropout
 from core.models import MODELS, build_model, count_parameters
 from core.runs import load_state_bytes
@@ -167,15 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(seed_stats_table(args.seed_dirs))
         return 0
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ConfigError as e:
+        p.error(f"--set: {e}")
     store = RunStore(args.runs)
     for name in args.models:
         config = recipe(name, args.recipe, **{"seed": args.seed, **overrides})

@@ -11,10 +11,9 @@ written to the run store, and the width plan is registered under a made-up name 
 from __future__ import annotations
 
 import argparse
-import json
 
 from core.cli import format_epoch
-from core.config import ConfigError, TrainConfig
+from core.config import ConfigError, TrainConfig, parse_overrides
 from core.data import DataError, load_mnist
 from core.models import MODELS, TUNED_TINY, ModelSpec, SmallNet, count_parameters
 from core.train import Trainer
@@ -41,16 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--data", default=None, help="MNIST root (default: $MNIST_ROOT, else ./data)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="*", default=[],
-                   help="override Tiny4k's recipe (JSON values), e.g. weight_decay=0")
+                   help="override Tiny4k's recipe (JSON values), e.g. weight_decay=0 optimizer=adam")
     args = p.parse_args(argv)
     try:
         name = register_widths(tuple(int(c) for c in args.channels.split(",")))
-        overrides = {}
-        for item in args.overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
-            overrides[key] = json.loads(value)
+        overrides = parse_overrides(args.overrides)
         config = TrainConfig.from_dict({**TUNED_TINY, **overrides, "model": name, "seed": args.seed, "epochs": args.epochs})
         trainer = Trainer(config, load_mnist(args.data))
     except (ValueError, ConfigError, DataError) as e:  # a bad width list is a ValueError from int()

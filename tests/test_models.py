@@ -84,3 +84,12 @@ def test_models_command_prints_every_variant():
     for name in MODELS:
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert f"{count_parameters(build_model(name)):,}" in line
+
+
+def test_command_line_overrides_read_json_else_strings():
+    from core.config import ConfigError, parse_overrides
+
+    assert parse_overrides(["lr=0.05", "nesterov=true", "dropout=null", "optimizer=adam"]) == {
+        "lr": 0.05, "nesterov": True, "dropout": None, "optimizer": "adam"}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["lr"])

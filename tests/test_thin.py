@@ -11,6 +11,15 @@ from core.models import MODELS
 from core.thin import main, register_widths
 
 
+@pytest.fixture(autouse=True)
+def registry_restored():
+    """core.thin registers its width plan in the process-wide registry: undo that for the other tests."""
+    before = dict(MODELS)
+    yield
+    MODELS.clear()
+    MODELS.update(before)
+
+
 def test_thin_plan_trains_and_reports_params_and_last_epochs(synthetic_root, capsys):
     assert main(["6,8,6,8,8,8,8", "--epochs", "3", "--data", str(synthetic_root), "--set", "weight_decay=0"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -26,7 +35,7 @@ def test_widths_are_checked():
 
 
 def test_bad_input_exits_2_with_a_message(synthetic_root):
-    for args in (["8,8,x,8,8,8,8"], ["8,8,8,8,8,8,8", "--set", "nonsense=1"]):
+    for args in (["8,8,x,8,8,8,8"], ["8,8,8,8,8,8,8", "--set", "nonsense=1"], ["8,8,8,8,8,8,8", "--set", "lr"]):
         r = subprocess.run([sys.executable, "-m", "core.thin", *args, "--data", str(synthetic_root)],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "python -m core.thin:" in r.stderr, r.stderr
