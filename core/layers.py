@@ -91,8 +91,9 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         n = x.numel() // channels
         k = cols.shape[1] // channels
         mean = _per_channel_sum(cols, channels) / n
-        var = (_per_channel_sum(cols * cols, channels) / n - mean * mean).clamp_min_(0)
-        if bool((mean * mean > _ChannelsLastBatchNorm.MAX_MEAN_TO_VAR * var).any()):
+        mean_sq = mean * mean
+        var = (_per_channel_sum(cols * cols, channels) / n - mean_sq).clamp_min_(0)
+        if bool((mean_sq > _ChannelsLastBatchNorm.MAX_MEAN_TO_VAR * var).any()):
             centred = cols - mean.repeat(k)
             var = _per_channel_sum(centred * centred, channels) / n
             saved, shift = centred.view(x.shape[0], x.shape[2], x.shape[3], channels).permute(0, 3, 1, 2), torch.zeros_like(mean)

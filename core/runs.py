@@ -350,11 +350,12 @@ class RunStore:
                     (True, "stopped", None),
                 ):
                     ids = [r.id for r in dead if bool(r.stop_requested) == stop_was_asked]
-                    c.execute(
-                        runs_table.update()
-                        .where(runs_table.c.id.in_(ids), runs_table.c.status == "running")
-                        .values(status=status, ended_at=time.time(), error=error)
-                    )
+                    if ids:
+                        c.execute(
+                            runs_table.update()
+                            .where(runs_table.c.id.in_(ids), runs_table.c.status == "running")
+                            .values(status=status, ended_at=time.time(), error=error)
+                        )
         return len(dead)
 
     def delete_run(self, run_id: int) -> None:

@@ -169,8 +169,7 @@ def settle(store: RunStore, sweep_id: str, timeout: float = 120.0) -> None:
         for r in active:
             if not r.stop_requested:
                 store.request_stop(r.id)
-        store.reconcile()
-        time.sleep(0.5)
+        time.sleep(0.5)  # the next list_runs reconciles dead processes first
 
 
 def command_line(spec: SweepSpec, sweep_id: str, store_url: str, data_root: str | None = None) -> list[str]:
