@@ -80,10 +80,8 @@ def decode_picture(data: bytes, max_side: int = 4096) -> np.ndarray:
         if max(img.size) > max_side:
             raise ValueError(f"the picture is {img.size[0]}x{img.size[1]} px; use one under {max_side} px a side")
         img = ImageOps.exif_transpose(img)
-        if img.mode.startswith("I"):  # 16-bit grey ("I;16*", or "I" from older Pillow)
-            levels = np.asarray(img).astype(np.int64)
-            top = 255 if levels.max() <= 255 else 65535
-            return as_uint8_image(np.clip(levels, 0, top) / top)
+        if img.mode.startswith("I"):  # 16-bit grey ("I;16*", or "I" from older Pillow): read as uint16
+            return as_uint8_image(np.clip(np.asarray(img), 0, 65535).astype(np.uint16))
         if img.mode == "F":
             return as_uint8_image(np.asarray(img))
         transparent = "A" in img.getbands() or img.info.get("transparency") is not None
