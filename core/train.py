@@ -95,7 +95,6 @@ def keep_freed_memory_for_reuse() -> None:
         pass
 
 
-
 class Trainer:
     """Model, optimizer and scheduler for one config, and the epoch loop over in-memory MNIST."""
 

@@ -61,19 +61,6 @@ def test_each_step_adds_its_idea():
     assert build_model("Model3").convblock1[-1].p == 0.1
 
 
-def test_fast_dropout_matches_nn_dropout_in_expectation_and_eval():
-    torch.manual_seed(0)
-    x = torch.ones(200_000)
-    for p in (0.1, 0.25):
-        d = FastDropout(p)
-        y = d(x)
-        assert abs((y == 0).float().mean().item() - p) < 0.01
-        assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
-        assert not torch.equal(d(x), y)  # a fresh mask per call
-        d.eval()
-        assert torch.equal(d(x), x)
-
-
 def test_unknown_model_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="Model3"):
         build_model("ResNet50")
