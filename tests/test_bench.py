@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from core.bench import main as bench_main
-from core.bench import seed_model
+from core.bench import profile_engine, seed_model
 from core.layers import FastBatchNorm2d, FastDropout
 
 
@@ -27,4 +27,6 @@ def test_bench_prints_a_ratio_line(synthetic_root, capsys):
 def test_bench_profile_names_the_ops(synthetic_root, capsys):
     assert bench_main(["--profile", "--batches", "2", "--data", str(synthetic_root)]) == 0
     out = capsys.readouterr().out
-    assert "Self CPU" in out and "convolution" in out and "_ChannelsLastBatchNorm" in out
+    assert "Self CPU" in out and "convolution" in out  # the top rows: convolutions are ~40% of a step
+    # Our batch norm is in the profile; on a loaded machine it can fall out of the printed top 15 rows.
+    assert "_ChannelsLastBatchNorm" in profile_engine(2, str(synthetic_root), rows=200)
