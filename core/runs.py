@@ -148,6 +148,19 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _matching(search: str) -> sa.ColumnElement[bool]:
+    """Runs whose model, label, status or sweep contain every word of `search` (any case); a word that
+    is a number (or #number) also matches that run id. "tiny4k finished" = finished Tiny4k runs."""
+    clauses = []
+    for word in search.split():
+        c = runs_table.c
+        either = [col.icontains(word, autoescape=True) for col in (c.model, c.label, c.status, c.sweep)]
+        if word.lstrip("#").isdigit():
+            either.append(c.id == int(word.lstrip("#")))
+        clauses.append(sa.or_(*either))
+    return sa.and_(*clauses)
+
+
 class RunStore:
     """All reads and writes of runs. Safe to share between threads; one per process is enough."""
 
@@ -237,22 +250,29 @@ class RunStore:
             raise StoreError(f"no run {run_id} in {self.safe_url}")
         return _run(row)
 
-    def list_runs(self, status: str | None = None, sweep: str | None = None, limit: int | None = None) -> list[Run]:
-        """Newest first."""
+    def list_runs(
+        self, status: str | None = None, sweep: str | None = None, limit: int | None = None, search: str = ""
+    ) -> list[Run]:
+        """Newest first; `search` keeps the runs it matches (see `_matching`)."""
         self.reconcile()
         q = runs_table.select().order_by(runs_table.c.id.desc())
         if status:
             q = q.where(runs_table.c.status == status)
         if sweep:
             q = q.where(runs_table.c.sweep == sweep)
+        if search.strip():
+            q = q.where(_matching(search))
         if limit:
             q = q.limit(limit)
         with self.engine.connect() as c:
             return [_run(r) for r in c.execute(q).mappings()]
 
-    def count_runs(self) -> int:
+    def count_runs(self, search: str = "") -> int:
+        q = sa.select(sa.func.count()).select_from(runs_table)
+        if search.strip():
+            q = q.where(_matching(search))
         with self.engine.connect() as c:
-            return c.execute(sa.select(sa.func.count()).select_from(runs_table)).scalar_one()
+            return c.execute(q).scalar_one()
 
     def best_by_model(self) -> dict[str, float]:
         """Best test accuracy reached by any run, per model: one aggregate query, however many runs."""

@@ -203,6 +203,34 @@ def test_compare_lists_the_newest_runs_and_reads_epochs_of_the_chosen_only(store
     assert at.dataframe[0].value.set_index("variant").loc["Model2c", "our best test %"] >= 94.0
 
 
+def test_compare_finds_runs_past_the_newest_and_keeps_the_chosen_ones(store_url, monkeypatch):
+    from core.config import TrainConfig
+    from core.runs import RunStore
+    from core.train import EpochResult
+
+    store = RunStore(store_url)
+    old = store.create_run(TrainConfig(model="Tiny4k"), label="first try")
+    store.add_epoch(old, EpochResult(1, 0.5, 90.0, 0.4, 97.5, 0.01, 1.0))
+    newer = [store.create_run(TrainConfig(model="Model2c")) for _ in range(4)]
+    monkeypatch.syspath_prepend(str(Path(HOME).parent))
+    import lab
+
+    monkeypatch.setattr(lab, "NEWEST_RUNS", 3)
+    at = open_page("views/Compare.py")
+    assert not any(o.startswith(f"run {old}:") for o in at.multiselect(key="runs").options)  # past the newest 3
+    at.text_input(key="run-search").set_value("tiny4k").run()
+    found = [o for o in at.multiselect(key="runs").options if o.startswith("run ")]
+    assert found == [f"run {old}: Tiny4k first try (queued)"]
+    at.multiselect(key="runs").set_value(found).run()
+    assert at.dataframe[0].value.set_index("run").loc[found[0], "best test %"] == 97.5
+    at.text_input(key="run-search").set_value("Model2c").run()  # another search: the chosen run stays
+    assert at.multiselect(key="runs").value == found
+    assert any("newest 3 of 4 matching runs" in c.value for c in at.caption)
+    assert f"run {newer[-1]}: Model2c (queued)" in at.multiselect(key="runs").options
+    at.text_input(key="run-search").set_value("no such run").run()
+    assert any("No run matches 'no such run'" in c.value for c in at.caption) and not at.exception
+
+
 def test_draw_and_inspect_offer_the_seed_recipe_model(store_url):
     at = open_page("views/Inspect.py")
     box = at.selectbox(key="inspect-model")

@@ -56,6 +56,28 @@ def test_count_and_best_per_model_in_one_query_each(store_url):
     assert store.best_by_model() == {"Model3": 98.5, "Tiny4k": 96.0}
 
 
+def test_search_keeps_runs_matching_every_word_in_model_label_status_sweep_or_id(store_url):
+    store = RunStore(store_url)
+    tiny = store.create_run(TrainConfig(model="Tiny4k"), label="lr 0.1 trial")
+    model3 = store.create_run(TrainConfig(model="Model3"), label="50%_dropout")
+    trial = store.create_run(TrainConfig(model="Model3"), sweep="class-2b")
+    store.finish(tiny, "finished")
+
+    def ids(search):
+        found = [r.id for r in store.list_runs(search=search)]
+        assert store.count_runs(search) == len(found)
+        return found
+
+    assert ids("") == ids("   ") == [trial, model3, tiny]
+    assert ids("tiny4K") == [tiny]  # any case
+    assert ids("model3") == [trial, model3]
+    assert ids("model3 queued") == [trial, model3] and ids("tiny4k queued") == []  # every word must match
+    assert ids("trial") == [tiny] and ids("CLASS-2") == [trial]  # label, sweep
+    assert ids("50%_") == [model3] and ids("%") == [model3] and ids("_") == [model3]  # LIKE's wildcards are text
+    assert ids(f"#{model3}") == [model3] and ids(str(tiny)) == [tiny]
+    assert [r.id for r in store.list_runs(search="model3", limit=1)] == [trial]
+
+
 def test_sqlite_store_uses_wal(store_url):
     store = RunStore(store_url)
     if not store.is_sqlite:

@@ -21,17 +21,27 @@ def main() -> None:
     for name in seed_recipe_names():  # the seed's own recipe next to our tuned one: what the schedule did
         info = seed_recipe_info(name)
         options[f"{name}, seed's recipe (reference)"] = {"model": name, "params": info["params"], "epochs": info["epochs"]}
-    runs = store.list_runs(limit=lab.NEWEST_RUNS)
+    search = st.text_input(
+        "Find runs", key="run-search", placeholder="words from the model, label, status or sweep, or a run id: e.g. Tiny4k finished"
+    )
+    runs = store.list_runs(limit=lab.NEWEST_RUNS, search=search)
+    listed = {}
     for r in runs:
         label = f"run {r.id}: {r.model}" + (f" {r.label}" if r.label else "") + f" ({r.status})"
-        options[label] = {"model": r.model, "params": r.params, "run_id": r.id, "has_epochs": r.epoch > 0}
+        listed[label] = {"model": r.model, "params": r.params, "run_id": r.id, "has_epochs": r.epoch > 0}
+    # Runs chosen before the search changed stay chosen (and listed) though the new search leaves them out.
+    seen = st.session_state.setdefault("compare-seen-runs", {})
+    seen.update(listed)
+    options |= listed | {k: seen[k] for k in st.session_state.get("runs", []) if k in seen and k not in options}
     if not options:
         st.info("Nothing to compare yet. " + lab.NO_MODEL_HINT)
         return
     default = [k for k, v in options.items() if v.get("has_epochs") or v.get("epochs")][:4]
     chosen = st.multiselect("Runs", list(options), default=default, key="runs")
-    if len(runs) == lab.NEWEST_RUNS and (total := store.count_runs()) > len(runs):
-        st.caption(f"Listing the newest {len(runs)} of {total:,} runs.")
+    if search.strip() and not runs:
+        st.caption(f"No run matches {search.strip()!r}.")
+    elif len(runs) == lab.NEWEST_RUNS and (total := store.count_runs(search)) > len(runs):
+        st.caption(f"Listing the newest {len(runs)} of {total:,} {'matching ' if search.strip() else ''}runs.")
     if not chosen:
         st.info("Choose one or more runs above.")
         return
