@@ -115,6 +115,9 @@ def measure_queries(store: RunStore) -> dict:
         "list_runs_limit_300_ms": timed(lambda: store.list_runs(limit=300)),  # Compare and the pickers
         "best_by_model_ms": timed(store.best_by_model),  # Home
         "count_runs_ms": timed(store.count_runs),
+        "list_runs_search_300_ms": timed(lambda: store.list_runs(limit=300, search="model3 finished")),  # Compare's Find runs
+        "count_runs_search_ms": timed(lambda: store.count_runs("model3 finished")),
+        "list_runs_search_rare_ms": timed(lambda: store.list_runs(limit=300, search="tiny4k")),  # scans every row
         "runs_with_checkpoint_ms": timed(lambda: store.runs_with_checkpoint("best")),  # the pickers
         "list_runs_running_ms": timed(lambda: store.list_runs(status="running")),
         "get_one_ms": timed(lambda: store.get(ids[len(ids) // 2]), 20),
