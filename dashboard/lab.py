@@ -12,7 +12,7 @@ from core.data import MNIST, load_mnist
 from core.evaluation import Evaluation, evaluate_classes
 from core.models import build_model
 from core.reference import load_reference_model, reference_names, seed_recipe_names
-from core.runs import RunStore, default_url
+from core.runs import Run, RunStore, StoreError, default_url
 
 # Pages list at most this many of the newest runs (each rerun reads them; 10,000 runs take ~0.65 s).
 NEWEST_RUNS = 300
@@ -20,6 +20,23 @@ NO_MODEL_HINT = (
     "No trained model yet. Train one on the **Train** page (a minute with a few thousand images), "
     "or ship the reference models with `python -m core.reference`."
 )
+
+
+def run_label(run: Run) -> str:
+    """A run as Compare lists it. No status in it: the label (and so the choice) survives the run finishing."""
+    return f"run {run.id}: {run.model}" + (f" {run.label}" if run.label else "")
+
+
+def run_of_label(s: RunStore, label: str) -> Run | None:
+    """The run a `run_label` names, read afresh (None for other labels, or a run that is gone)."""
+    head = label.split(":", 1)[0]
+    if not (head.startswith("run ") and head[4:].isdigit()):
+        return None
+    try:
+        run = s.get(int(head[4:]))
+    except StoreError:
+        return None
+    return run if run_label(run) == label else None
 
 
 @st.cache_resource(show_spinner=False)

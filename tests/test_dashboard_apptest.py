@@ -194,7 +194,7 @@ def test_compare_lists_the_newest_runs_and_reads_epochs_of_the_chosen_only(store
     monkeypatch.setattr(lab, "NEWEST_RUNS", 3)
     at = open_page("views/Compare.py")
     runs = [o for o in at.multiselect(key="runs").options if o.startswith("run ")]
-    assert runs == [f"run {rid}: Model2c r{i} (queued)" for i, rid in reversed(list(enumerate(ids)))][:3]
+    assert runs == [f"run {rid}: Model2c r{i}" for i, rid in reversed(list(enumerate(ids)))][:3]
     assert any("newest 3 of 5 runs" in c.value for c in at.caption)
     at.multiselect(key="runs").set_value([runs[0], runs[2]]).run()
     table = at.dataframe[0].value.set_index("run")
@@ -220,13 +220,15 @@ def test_compare_finds_runs_past_the_newest_and_keeps_the_chosen_ones(store_url,
     assert not any(o.startswith(f"run {old}:") for o in at.multiselect(key="runs").options)  # past the newest 3
     at.text_input(key="run-search").set_value("tiny4k").run()
     found = [o for o in at.multiselect(key="runs").options if o.startswith("run ")]
-    assert found == [f"run {old}: Tiny4k first try (queued)"]
+    assert found == [f"run {old}: Tiny4k first try"]
     at.multiselect(key="runs").set_value(found).run()
     assert at.dataframe[0].value.set_index("run").loc[found[0], "best test %"] == 97.5
+    store.finish(old, "finished")
     at.text_input(key="run-search").set_value("Model2c").run()  # another search: the chosen run stays
-    assert at.multiselect(key="runs").value == found
+    assert at.multiselect(key="runs").value == found  # though its status changed meanwhile
+    assert at.dataframe[0].value.set_index("run").loc[found[0], "status"] == "finished"
     assert any("newest 3 of 4 matching runs" in c.value for c in at.caption)
-    assert f"run {newer[-1]}: Model2c (queued)" in at.multiselect(key="runs").options
+    assert f"run {newer[-1]}: Model2c" in at.multiselect(key="runs").options
     at.text_input(key="run-search").set_value("no such run").run()
     assert any("No run matches 'no such run'" in c.value for c in at.caption) and not at.exception
 

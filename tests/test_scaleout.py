@@ -137,7 +137,7 @@ def test_sweeps_page_shows_trials_chart_and_opens_the_best_in_compare(page_store
     assert "best test %" in table.columns and table["lr"].tolist()
     assert any(c.proto.spec and "parcoords" in c.proto.spec for c in at.get("plotly_chart"))
     at.button(key="sw-compare").click().run()
-    assert at.multiselect(key="runs").value == [f"run {ids[1]}: Model1 sweep-x lr=0.05 (finished)"]
+    assert at.multiselect(key="runs").value == [f"run {ids[1]}: Model1 sweep-x lr=0.05"]
     at.switch_page("views/Sweeps.py").run()
     at.button(key="sw-draw").click().run()
     assert not at.exception, at.exception

@@ -13,26 +13,27 @@ from core.reference import reference_info, reference_names, seed_recipe_info, se
 def main() -> None:
     st.title("Compare")
     store = lab.store()
-    # label -> {"model", "params", and "epochs" (references) or "run_id" (runs: epochs read once chosen)}
+    # label -> {"model", "status", "params", and "epochs" (references) or "run_id" (runs: epochs read once chosen)}
     options: dict[str, dict] = {}
     for name in reference_names():
         info = reference_info(name)
-        options[f"{name} (reference)"] = {"model": name, "params": info["params"], "epochs": info["epochs"]}
+        options[f"{name} (reference)"] = {"model": name, "status": "reference", "params": info["params"], "epochs": info["epochs"]}
     for name in seed_recipe_names():  # the seed's own recipe next to our tuned one: what the schedule did
         info = seed_recipe_info(name)
-        options[f"{name}, seed's recipe (reference)"] = {"model": name, "params": info["params"], "epochs": info["epochs"]}
+        options[f"{name}, seed's recipe (reference)"] = {
+            "model": name, "status": "reference", "params": info["params"], "epochs": info["epochs"]
+        }
     search = st.text_input(
         "Find runs", key="run-search", placeholder="words from the model, label, status or sweep, or a run id: e.g. Tiny4k finished"
     )
     runs = store.list_runs(limit=lab.NEWEST_RUNS, search=search)
-    listed = {}
-    for r in runs:
-        label = f"run {r.id}: {r.model}" + (f" {r.label}" if r.label else "") + f" ({r.status})"
-        listed[label] = {"model": r.model, "params": r.params, "run_id": r.id, "has_epochs": r.epoch > 0}
-    # Runs chosen before the search changed stay chosen (and listed) though the new search leaves them out.
-    seen = st.session_state.setdefault("compare-seen-runs", {})
-    seen.update(listed)
-    options |= listed | {k: seen[k] for k in st.session_state.get("runs", []) if k in seen and k not in options}
+    listed = {lab.run_label(r): r for r in runs}
+    # Runs chosen before (another search, or Sweeps' "Open in Compare") stay chosen though this listing leaves them out.
+    for k in st.session_state.get("runs", []):
+        if k not in options and k not in listed and (r := lab.run_of_label(store, k)):
+            listed[k] = r
+    for k, r in listed.items():
+        options[k] = {"model": r.model, "status": r.status, "params": r.params, "run_id": r.id, "has_epochs": r.epoch > 0}
     if not options:
         st.info("Nothing to compare yet. " + lab.NO_MODEL_HINT)
         return
@@ -61,8 +62,8 @@ def main() -> None:
         st.info("The chosen runs have no finished epoch yet.")
 
     table = pd.DataFrame(
-        [{"run": k, "model": options[k]["model"], "params": options[k]["params"], **lab.summarise(options[k]["epochs"])}
-         for k in chosen]
+        [{"run": k, "model": options[k]["model"], "status": options[k]["status"], "params": options[k]["params"],
+          **lab.summarise(options[k]["epochs"])} for k in chosen]
     )
     st.subheader("Summary")
     st.dataframe(table, hide_index=True, width="stretch")

@@ -97,8 +97,7 @@ def open_best(best: Run) -> None:
     """Buttons that show the best trial on Compare or Draw (their pickers, preset through session state)."""
     c1, c2 = st.columns(2)
     if c1.button(f"Open run {best.id} in Compare", key="sw-compare"):
-        st.session_state["runs"] = [f"run {best.id}: {best.model}" + (f" {best.label}" if best.label else "")
-                                    + f" ({best.status})"]
+        st.session_state["runs"] = [lab.run_label(best)]
         st.switch_page("views/Compare.py")
     if c2.button(f"Open run {best.id} in Draw", key="sw-draw", disabled=best.status not in ("finished", "stopped")):
         choice = next((c for c in lab.trained_models() if c.run_id == best.id), None)
