@@ -35,6 +35,49 @@ def test_output_is_a_normalised_28x28_tensor_with_a_20px_digit():
     assert max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) in (19, 20, 21)
 
 
+def dot(img: np.ndarray, y: int, x: int, r: int = 9) -> np.ndarray:
+    """`img` with a round dot of radius r (an 18 px brush's click) at (y, x), in the ink's colour."""
+    img = img.copy()
+    yy, xx = np.ogrid[: img.shape[0], : img.shape[1]]
+    img[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = 255
+    return img
+
+
+def small_seven() -> np.ndarray:
+    """stroke_picture's 7 shrunk to a 90 px digit in the top-left of the canvas."""
+    small = np.asarray(Image.fromarray(stroke_picture()).resize((90, 90), Image.BILINEAR))
+    img = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
+    img[10:100, 10:100] = small
+    return img
+
+
+@pytest.mark.parametrize("where", [(265, 265), (265, 15), (15, 265), (150, 150)])
+def test_a_stray_click_away_from_the_digit_is_ignored(where):
+    clean = preprocess(small_seven())
+    assert torch.equal(preprocess(dot(small_seven(), *where)), clean)
+    assert torch.equal(preprocess(dot(dot(small_seven(), *where), 200, 40, r=3)), clean)  # and a speck
+
+
+def test_every_stroke_of_a_digit_drawn_in_pieces_stays():
+    five = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
+    five[40:58, 110:200] = 255  # the bar, drawn apart from the rest (a gap of 14 px)
+    five[72:150, 80:98] = 255  # the stem
+    five[140:158, 80:190] = 255  # the belly's top
+    five[140:240, 180:198] = 255  # its right side
+    five[222:240, 70:198] = 255  # its bottom
+    bar_rows = as_picture(preprocess(five))[:8]  # the bar ends up in the field's top rows
+    assert bar_rows.max() > 200
+    no_bar = five.copy()
+    no_bar[40:58] = 0
+    assert not torch.equal(preprocess(five), preprocess(no_bar))
+    # Two marks of similar weight (a digit in two strokes far apart) both stay.
+    two = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
+    two[40:240, 60:78] = 255
+    two[40:200, 200:218] = 255
+    pic = as_picture(preprocess(two))
+    assert (pic[:, :14].max(), pic[:, 14:].max()) > (200, 200)
+
+
 def test_centre_of_mass_lands_in_the_middle():
     img = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
     img[10:60, 200:230] = 255  # a blob in the top-right corner
@@ -203,6 +246,8 @@ FORMS = {
     "off-centre": lambda d: place(d, 120, 150, 20),
     "inverted (black on white)": lambda d: 255 - place(d, 160, 60, 60),
     "RGB": lambda d: np.repeat(place(d, 160, 60, 60)[..., None], 3, axis=2),
+    "small, with a stray click far away": lambda d: dot(place(d, 90, 10, 10), 262, 262),
+    "with specks around it": lambda d: dot(dot(dot(place(d, 160, 60, 60), 20, 250, 3), 260, 30, 3), 255, 255, 2),
     "RGBA, transparent background": lambda d: np.dstack([np.full((CANVAS, CANVAS, 3), 255, np.uint8), place(d, 160, 60, 60)]),
     "RGBA, opaque": lambda d: np.dstack([np.repeat(place(d, 200, 40, 40)[..., None], 3, axis=2), np.full((CANVAS, CANVAS), 255, np.uint8)]),
 }
