@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 
 from core.models import MODELS
@@ -51,6 +52,9 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
 
+        for f in fields(self):
+            value = getattr(self, f.name)
+            need(not isinstance(value, float) or math.isfinite(value), f"{f.name} must be a finite number, got {value}")
         need(self.model in MODELS, f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.config import TrainConfig
+from core.config import ConfigError, TrainConfig
 from core.data import MNIST, augment_batch
 from core.models import build_model
 
@@ -37,11 +38,15 @@ class StopRequested(Exception):
     """Raised inside an epoch when the stop callback says so; the current batch has finished."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite: nothing more to learn from this run."""
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for but no CUDA device is available; use --device auto or cpu")
+        raise ConfigError("device 'cuda' asked for but no CUDA device is available; use --device auto or cpu")
     return torch.device(name)
 
 
@@ -185,6 +190,11 @@ class Trainer:
         for epoch in range(self.epochs_done, self.config.epochs):
             t0 = time.perf_counter()
             train_loss, train_acc = self.train_epoch(epoch, on_batch, should_stop)
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(
+                    f"training diverged in epoch {epoch + 1}: the loss became {train_loss} (lr {self.config.lr} "
+                    "is likely too high for this recipe; try a lower one). Earlier epochs and checkpoints are kept."
+                )
             test_loss, test_acc = evaluate(self.model, self.data.test_x, self.data.test_y)
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step(test_acc)  # the seed steps the plateau scheduler on test accuracy

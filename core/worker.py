@@ -16,7 +16,7 @@ from collections.abc import Callable
 from core.config import ConfigError
 from core.data import DataError, load_mnist
 from core.runs import RunStore, StoreError, epochs_table
-from core.train import EpochResult, StopRequested, Trainer
+from core.train import EpochResult, StopRequested, Trainer, TrainingDiverged
 
 POLL_SECONDS = 0.5  # how often progress is written and the stop flag read
 LOCAL_SLOTS = int(os.environ.get("MNIST_LAB_LOCAL_SLOTS", "1"))  # runs training at once on one host
@@ -127,7 +127,7 @@ def execute_run(
     except StopRequested:
         status, error = "stopped", None
         log(f"run {run_id} stopped after epoch {trainer.epochs_done}; finished epochs and checkpoints are kept")
-    except (DataError, ConfigError, StoreError) as e:
+    except (DataError, ConfigError, StoreError, TrainingDiverged) as e:
         status, error = "failed", str(e)
     except Exception as e:  # noqa: BLE001 - record any crash on the run, then let it propagate
         store.finish(run_id, "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from core.config import ConfigError, TrainConfig, recipe
 from core.data import load_mnist
-from core.train import StopRequested, Trainer, train_step
+from core.train import StopRequested, Trainer, TrainingDiverged, train_step
 
 
 def tiny(**kw) -> TrainConfig:
@@ -60,9 +60,20 @@ def test_stop_request_finishes_the_current_batch_then_stops(synthetic_root):
 
 def test_bad_settings_are_refused_with_their_name():
     for bad, word in [({"lr": -1}, "lr"), ({"model": "Nope"}, "unknown model"), ({"epochs": 0}, "epochs"),
-                      ({"optimizer": "rmsprop"}, "optimizer"), ({"batch_size": "64"}, "batch_size"), ({"colour": 1}, "unknown setting")]:
+                      ({"optimizer": "rmsprop"}, "optimizer"), ({"batch_size": "64"}, "batch_size"), ({"colour": 1}, "unknown setting"),
+                      ({"lr": float("inf")}, "lr must be a finite number"), ({"weight_decay": float("nan")}, "weight_decay must be a finite"),
+                      ({"dropout": float("nan")}, "dropout must be a finite")]:
         with pytest.raises(ConfigError, match=word):
             TrainConfig.from_dict({"model": "Model3", **bad})
+
+
+def test_a_diverging_run_stops_with_a_clear_error_after_the_epoch_it_diverged_in(synthetic_root):
+    trainer = Trainer(tiny(model="Model1", lr=1000.0, epochs=5, scheduler="none"), load_mnist(synthetic_root))
+    done = []
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch \d: the loss became nan \(lr 1000.0 is likely too high"):
+        for r in trainer.epochs():
+            done.append(r.epoch)
+    assert trainer.epochs_done == len(done) < 5  # the epochs before it stand
 
 
 def test_config_round_trips_through_json():

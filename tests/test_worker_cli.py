@@ -132,6 +132,8 @@ def test_help_documents_every_setting_with_its_default():
     [
         (["--model", "ResNet"], "unknown model 'ResNet'"),
         (["--lr", "-0.1"], "lr must be > 0"),
+        (["--lr", "inf"], "lr must be a finite number"),
+        (["--momentum", "nan"], "momentum must be a finite number"),
         (["--scheduler", "cosine"], "scheduler must be one of"),
         (["--epochs", "many"], "invalid int value"),
         (["--no-such-flag"], "unrecognized arguments"),
@@ -141,6 +143,23 @@ def test_bad_input_exits_2_with_one_clear_line(args, message, synthetic_root, st
     r = run_cli(*args, "--runs", store_url, "--data", str(synthetic_root))
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_diverging_run_fails_with_one_clear_line(synthetic_root, store_url):
+    r = run_cli("--model", "Model1", "--lr", "1000", "--scheduler", "none", "--epochs", "5", "--quiet",
+                "--runs", store_url, "--data", str(synthetic_root))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "training diverged in epoch" in r.stderr and "try a lower one" in r.stderr
+    run = RunStore(store_url).list_runs()[0]
+    assert run.status == "failed" and "diverged" in run.error and "Traceback" not in run.error
+    assert run.epoch < 5 and len(RunStore(store_url).epochs(run.id)) == run.epoch  # epochs before it are kept
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_one_fails_with_one_clear_line(synthetic_root, store_url):
+    r = run_cli("--device", "cuda", "--epochs", "1", "--runs", store_url, "--data", str(synthetic_root))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "no CUDA device is available; use --device auto or cpu" in r.stderr
 
 
 def test_missing_dataset_exits_2_and_records_nothing(tmp_path, store_url):
