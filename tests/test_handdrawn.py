@@ -72,11 +72,12 @@ def read(model, pictures: list[np.ndarray]) -> list[int]:
 PLACES = {"large": (250, 15, 50), "middling": (150, 60, 80), "small": (90, 30, 30)}
 
 
-@pytest.mark.parametrize("brush", [3, 6, 10, 18, 30, 40])
-@pytest.mark.parametrize("place", list(PLACES))
-def test_every_digit_is_read_whatever_the_brush_and_size(model, brush, place):
-    if PLACES[place][0] == 90 and brush == 40:
-        pytest.skip("a 40 px brush on a 90 px digit is a blob")
+# every brush on every size, but the 40 px brush on the 90 px digit (a blob)
+BRUSHES = [(place, brush) for place in PLACES for brush in (3, 6, 10, 18, 30, 40) if (place, brush) != ("small", 40)]
+
+
+@pytest.mark.parametrize("place, brush", BRUSHES)
+def test_every_digit_is_read_whatever_the_brush_and_size(model, place, brush):
     pictures = [draw(s, *PLACES[place], brush) for s in DIGITS.values()]
     got = dict(zip(DIGITS, read(model, pictures), strict=True))
     wrong = {k: v for k, v in got.items() if v != int(k[0])}
