@@ -6,6 +6,8 @@ ratio, then place it in a 28x28 field so that its centre of mass sits at the cen
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -246,14 +248,32 @@ def centre_in_field(ink: np.ndarray) -> np.ndarray:
     return field
 
 
+@dataclass(frozen=True)
+class Reading:
+    """A picture as a model reads it, and what was cleaned up on the way (for telling the user)."""
+
+    x: torch.Tensor  # normalised (1, 1, 28, 28)
+    notes: tuple[str, ...]
+
+
+def read_picture(image: np.ndarray) -> Reading:
+    """`preprocess`, also saying whether stray marks were erased or thin strokes widened."""
+    ink = ink_map(image)
+    kept = drop_stray_marks(ink)
+    widened = thicken_thin_strokes(kept)
+    notes = ("stray marks away from the digit ignored",) * (kept is not ink)
+    notes += ("thin strokes widened to MNIST's width",) * (widened is not kept)
+    field = centre_in_field(widened)
+    return Reading(((torch.from_numpy(field) - MEAN) / STD)[None, None], notes)
+
+
 def preprocess(image: np.ndarray) -> torch.Tensor:
     """Any picture of one digit (HxW, HxWx3, HxWx4, uint8 or see `as_uint8_image`; either polarity)
     -> normalised (1, 1, 28, 28).
 
     Raises EmptyImageError for a blank picture, ValueError for a picture it cannot read.
     """
-    field = centre_in_field(thicken_thin_strokes(drop_stray_marks(ink_map(image))))
-    return ((torch.from_numpy(field) - MEAN) / STD)[None, None]
+    return read_picture(image).x
 
 
 def as_picture(x: torch.Tensor) -> np.ndarray:

@@ -11,7 +11,16 @@ import torch
 from PIL import Image
 
 from core.data import FILES, MEAN, STD
-from core.predict import EmptyImageError, as_picture, decode_picture, feature_maps, predict, preprocess, probabilities
+from core.predict import (
+    EmptyImageError,
+    as_picture,
+    decode_picture,
+    feature_maps,
+    predict,
+    preprocess,
+    probabilities,
+    read_picture,
+)
 
 CANVAS = 280
 
@@ -56,6 +65,18 @@ def test_a_stray_click_away_from_the_digit_is_ignored(where):
     clean = preprocess(small_seven())
     assert torch.equal(preprocess(dot(small_seven(), *where)), clean)
     assert torch.equal(preprocess(dot(dot(small_seven(), *where), 200, 40, r=3)), clean)  # and a speck
+
+
+def test_the_reading_says_what_was_cleaned_up():
+    assert read_picture(stroke_picture()).notes == ()  # MNIST-like strokes, nothing stray
+    assert read_picture(dot(small_seven(), 265, 265)).notes == ("stray marks away from the digit ignored",)
+    hairline = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
+    hairline[30:250, 138:141] = 255  # a 1 drawn with a 3 px pen
+    reading = read_picture(dot(hairline, 265, 20, r=2))
+    assert reading.notes == ("stray marks away from the digit ignored", "thin strokes widened to MNIST's width")
+    assert torch.equal(reading.x, preprocess(dot(hairline, 265, 20, r=2)))
+    cols = np.flatnonzero(as_picture(reading.x).max(0) > 127)
+    assert 2 <= len(cols) <= 5  # the 1 is as wide in the field as an MNIST 1, not a hairline
 
 
 def test_every_stroke_of_a_digit_drawn_in_pieces_stays():

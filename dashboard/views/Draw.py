@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.predict import EmptyImageError, as_picture, decode_picture, preprocess, probabilities
+from core.predict import EmptyImageError, as_picture, decode_picture, probabilities, read_picture
 from core.runs import StoreError
 
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
@@ -72,14 +72,16 @@ def main() -> None:
             st.info("Draw a digit on the canvas to see what the models read.")
             return
         try:
-            x = preprocess(image)
+            reading = read_picture(image)
         except EmptyImageError:
             st.info("The canvas is empty: draw a digit (or upload a picture) and the models will read it.")
             st.session_state.pop("drawn", None)
             return
+        x = reading.x
         st.session_state.drawn = x  # Inspect shows the feature maps of this digit
+        cleaned = "".join(f"; {note}" for note in reading.notes)
         if choice is None:
-            st.image(np.kron(as_picture(x), np.ones((5, 5), np.uint8)), caption="What a model would see (28x28)")
+            st.image(np.kron(as_picture(x), np.ones((5, 5), np.uint8)), caption=f"What a model would see (28x28){cleaned}")
             return
         try:
             p = probabilities(lab.model_for(choice), x)[0]
@@ -88,7 +90,7 @@ def main() -> None:
             return
         c1, c2 = st.columns([1, 1])
         c1.metric("Prediction", str(int(p.argmax())), f"{p.max() * 100:.1f}% confident", delta_color="off", delta_arrow="off")
-        c2.image(np.kron(as_picture(x), np.ones((5, 5), np.uint8)), caption="What the model sees (28x28)")
+        c2.image(np.kron(as_picture(x), np.ones((5, 5), np.uint8)), caption=f"What the model sees (28x28){cleaned}")
         st.plotly_chart(probability_bars(p), key="bars")
 
     st.subheader("Every variant")
