@@ -262,7 +262,7 @@ def read_picture(image: np.ndarray) -> Reading:
     kept = drop_stray_marks(ink)
     widened = thicken_thin_strokes(kept)
     notes = ("stray marks away from the digit ignored",) * (kept is not ink)
-    notes += ("thin strokes widened to MNIST's width",) * (widened is not kept)
+    notes += ("strokes widened to MNIST's width",) * (widened is not kept)
     field = centre_in_field(widened)
     return Reading(((torch.from_numpy(field) - MEAN) / STD)[None, None], notes)
 

@@ -203,6 +203,26 @@ def test_compare_lists_the_newest_runs_and_reads_epochs_of_the_chosen_only(store
     assert at.dataframe[0].value.set_index("variant").loc["Model2c", "our best test %"] >= 94.0
 
 
+def test_compare_shows_the_whole_progression_and_the_newest_run_by_default(store_url):
+    from core.config import TrainConfig
+    from core.models import MODELS
+    from core.reference import reference_names
+    from core.runs import RunStore
+    from core.train import EpochResult
+
+    if list(reference_names()) != list(MODELS):
+        pytest.skip("not every variant's reference is shipped in core/reference")
+    store = RunStore(store_url)
+    at = open_page("views/Compare.py")
+    assert at.multiselect(key="runs").value == [f"{name} (reference)" for name in MODELS]
+    older, newer = (store.create_run(TrainConfig(model="Tiny4k")) for _ in range(2))
+    store.create_run(TrainConfig(model="Model2"))  # newest, but no epoch yet
+    for rid in (older, newer):
+        store.add_epoch(rid, EpochResult(1, 0.5, 90.0, 0.4, 95.0, 0.01, 1.0))
+    at = open_page("views/Compare.py")
+    assert at.multiselect(key="runs").value == [f"{name} (reference)" for name in MODELS] + [f"run {newer}: Tiny4k"]
+
+
 def test_compare_finds_runs_past_the_newest_and_keeps_the_chosen_ones(store_url, monkeypatch):
     from core.config import TrainConfig
     from core.runs import RunStore

@@ -73,7 +73,7 @@ def test_the_reading_says_what_was_cleaned_up():
     hairline = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
     hairline[30:250, 138:141] = 255  # a 1 drawn with a 3 px pen
     reading = read_picture(dot(hairline, 265, 20, r=2))
-    assert reading.notes == ("stray marks away from the digit ignored", "thin strokes widened to MNIST's width")
+    assert reading.notes == ("stray marks away from the digit ignored", "strokes widened to MNIST's width")
     assert torch.equal(reading.x, preprocess(dot(hairline, 265, 20, r=2)))
     cols = np.flatnonzero(as_picture(reading.x).max(0) > 127)
     assert 2 <= len(cols) <= 5  # the 1 is as wide in the field as an MNIST 1, not a hairline

@@ -37,7 +37,9 @@ def main() -> None:
     if not options:
         st.info("Nothing to compare yet. " + lab.NO_MODEL_HINT)
         return
-    default = [k for k, v in options.items() if v.get("has_epochs") or v.get("epochs")][:4]
+    # By default the whole progression (every variant's reference) and the newest run with an epoch.
+    default = [k for k in options if k in {f"{name} (reference)" for name in reference_names()}]
+    default += [k for k, v in options.items() if v.get("has_epochs")][:1]
     chosen = st.multiselect("Runs", list(options), default=default, key="runs")
     if search.strip() and not runs:
         st.caption(f"No run matches {search.strip()!r}.")
