@@ -258,3 +258,17 @@ def test_draw_and_inspect_offer_the_seed_recipe_model(store_url):
     box = at.selectbox(key="inspect-model")
     assert "Model3, seed's recipe (reference)" in box.options and "Model3 (reference)" in box.options
     assert box.value.label == "Model3 (reference)"  # the default stays the tuned flagship
+
+
+def test_inspect_labels_every_digit_on_its_charts(store_url):
+    if not mnist_present():
+        pytest.skip("MNIST files not found: set MNIST_ROOT")
+    import json
+
+    at = open_page("views/Inspect.py")
+    specs = {}
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        specs[spec["layout"]["title"]["text"]] = spec["layout"]
+    cm, per_digit = specs["Confusion matrix"], specs["Accuracy per digit"]
+    assert cm["xaxis"]["dtick"] == 1 and cm["yaxis"]["dtick"] == 1 and per_digit["xaxis"]["dtick"] == 1

@@ -67,10 +67,13 @@ def main() -> None:
     cm = px.imshow(ev.confusion.numpy(), text_auto=True, color_continuous_scale="Blues", title="Confusion matrix",
                    labels=dict(x="predicted", y="true", color="digits"), x=list(range(10)), y=list(range(10)))
     cm.update_layout(height=460, margin=dict(l=10, r=10, t=40, b=10))
+    cm.update_xaxes(dtick=1, side="bottom")
+    cm.update_yaxes(dtick=1)  # every digit labelled, not every other one
     c1.plotly_chart(cm, key="confusion")
     per_class = px.bar(x=list(range(10)), y=ev.per_class_accuracy.numpy(), title="Accuracy per digit",
                        labels=dict(x="true digit", y="%"))
     per_class.update_layout(height=460, margin=dict(l=10, r=10, t=40, b=10), yaxis_range=[max(0, ev.per_class_accuracy.min().item() - 5), 100])
+    per_class.update_xaxes(dtick=1)
     c2.plotly_chart(per_class, key="per-class")
 
     st.subheader("Misclassified, most confident first")
