@@ -139,7 +139,9 @@ def curves(series: dict[str, list[dict]], metrics: list[str], title: str, y_titl
         title=title, xaxis_title="epoch", yaxis_title=y_title, height=320, margin=dict(l=10, r=10, t=40, b=10),
         legend=dict(orientation="h", y=-0.25),
     )
-    fig.update_xaxes(tickformat="d")  # epochs are whole numbers
+    # Ticks on whole epochs only, at most ~8 of them ("d" formatting alone printed 1 2 2 3 3 for 3 epochs).
+    last = max((r["epoch"] for rows in series.values() for r in rows), default=1)
+    fig.update_xaxes(tickmode="linear", tick0=1, dtick=max(1, -(-last // 8)))
     return fig
 
 

@@ -260,6 +260,18 @@ def test_draw_and_inspect_offer_the_seed_recipe_model(store_url):
     assert box.value.label == "Model3 (reference)"  # the default stays the tuned flagship
 
 
+def test_curves_tick_whole_epochs_only(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(HOME).parent))
+    import lab
+
+    def ticks(epochs: int) -> tuple:
+        rows = [{"epoch": e, "test_acc": 90.0 + e / 10} for e in range(1, epochs + 1)]
+        x = lab.curves({"run": rows}, ["test_acc"], "t", "%").layout.xaxis
+        return x.tickmode, x.tick0, x.dtick
+
+    assert ticks(3) == ("linear", 1, 1) and ticks(15) == ("linear", 1, 2) and ticks(100) == ("linear", 1, 13)
+
+
 def test_inspect_labels_every_digit_on_its_charts(store_url):
     if not mnist_present():
         pytest.skip("MNIST files not found: set MNIST_ROOT")
