@@ -3,6 +3,7 @@ Ray Tune sweep with ASHA whose trials are ordinary runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -135,7 +136,9 @@ def test_sweeps_page_shows_trials_chart_and_opens_the_best_in_compare(page_store
     table = at.dataframe[0].value
     assert sorted(table["run"]) == sorted(ids) and set(table["status"]) == {"finished", "stopped"}
     assert "best test %" in table.columns and table["lr"].tolist()
-    assert any(c.proto.spec and "parcoords" in c.proto.spec for c in at.get("plotly_chart"))
+    parcoords = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.proto.spec and "parcoords" in c.proto.spec]
+    axes = [d["label"] for d in parcoords[0]["data"][0]["dimensions"]]
+    assert axes == ["lr (log10)", "best test %"]  # only what the sweep varied: the other fields were fixed
     at.button(key="sw-compare").click().run()
     assert at.multiselect(key="runs").value == [f"run {ids[1]}: Model1 sweep-x lr=0.05"]
     at.switch_page("views/Sweeps.py").run()

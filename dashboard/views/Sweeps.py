@@ -72,10 +72,11 @@ def trial_table(trials: list[Run]) -> pd.DataFrame:
 
 
 def parallel_coordinates(table: pd.DataFrame) -> go.Figure:
-    """One line per trial across its recipe fields, coloured by its best test accuracy."""
+    """One line per trial across the recipe fields the sweep varied, coloured by its best test accuracy."""
     done = table.dropna(subset=["best test %"])
+    varied = [col for col in PARAMS if table[col].nunique(dropna=False) > 1] or ["lr"]  # fixed ones say nothing
     dims = []
-    for col in PARAMS:
+    for col in varied:
         values = done[col]
         if col == "scheduler":
             dims.append(dict(label=col, values=[SCHEDULERS.index(v) for v in values],
