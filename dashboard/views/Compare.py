@@ -15,9 +15,11 @@ def main() -> None:
     store = lab.store()
     # label -> {"model", "status", "params", and "epochs" (references) or "run_id" (runs: epochs read once chosen)}
     options: dict[str, dict] = {}
+    progression = []  # every variant's reference: what the page shows by default
     for name in reference_names():
         info = reference_info(name)
-        options[f"{name} (reference)"] = {"model": name, "status": "reference", "params": info["params"], "epochs": info["epochs"]}
+        progression.append(f"{name} (reference)")
+        options[progression[-1]] = {"model": name, "status": "reference", "params": info["params"], "epochs": info["epochs"]}
     for name in seed_recipe_names():  # the seed's own recipe next to our tuned one: what the schedule did
         info = seed_recipe_info(name)
         options[f"{name}, seed's recipe (reference)"] = {
@@ -37,9 +39,8 @@ def main() -> None:
     if not options:
         st.info("Nothing to compare yet. " + lab.NO_MODEL_HINT)
         return
-    # By default the whole progression (every variant's reference) and the newest run with an epoch.
-    default = [k for k in options if k in {f"{name} (reference)" for name in reference_names()}]
-    default += [k for k, v in options.items() if v.get("has_epochs")][:1]
+    # By default the whole progression and the newest run with an epoch.
+    default = progression + [k for k, v in options.items() if v.get("has_epochs")][:1]
     chosen = st.multiselect("Runs", list(options), default=default, key="runs")
     if search.strip() and not runs:
         st.caption(f"No run matches {search.strip()!r}.")
