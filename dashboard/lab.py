@@ -75,8 +75,7 @@ def trained_models() -> list[Choice]:
     for run in s.list_runs(limit=NEWEST_RUNS):
         if run.status in ("finished", "stopped") and run.id in with_best:
             acc = f", {run.best_test_acc:.2f}%" if run.best_test_acc is not None else ""
-            name = f" {run.label}" if run.label else ""
-            choices.append(Choice(f"run {run.id}: {run.model}{name}{acc}", run.model, False, run.id))
+            choices.append(Choice(f"{run_label(run)}{acc}", run.model, False, run.id))
     return choices
 
 
