@@ -174,14 +174,15 @@ def drop_stray_marks(ink: np.ndarray) -> np.ndarray:
     ids, inverse = torch.unique(labels, return_inverse=True)
     if len(ids) <= 2:  # background and one mark
         return ink
-    mass = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse.flatten(), cells.flatten().double())
+    cell_id = inverse.flatten()
+    mass = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, cell_id, cells.flatten().double())
     mass[0] = -1.0  # background
-    ys, xs = torch.meshgrid(torch.arange(labels.shape[0]), torch.arange(labels.shape[1]), indexing="ij")
+    ys, xs = (v.flatten() for v in torch.meshgrid(torch.arange(labels.shape[0]), torch.arange(labels.shape[1]), indexing="ij"))
     big = labels.numel()
-    top = torch.full((len(ids),), big).scatter_reduce(0, inverse.flatten(), ys.flatten(), "amin")
-    bottom = torch.full((len(ids),), -1).scatter_reduce(0, inverse.flatten(), ys.flatten(), "amax")
-    left = torch.full((len(ids),), big).scatter_reduce(0, inverse.flatten(), xs.flatten(), "amin")
-    right = torch.full((len(ids),), -1).scatter_reduce(0, inverse.flatten(), xs.flatten(), "amax")
+    top = torch.full((len(ids),), big).scatter_reduce(0, cell_id, ys, "amin")
+    bottom = torch.full((len(ids),), -1).scatter_reduce(0, cell_id, ys, "amax")
+    left = torch.full((len(ids),), big).scatter_reduce(0, cell_id, xs, "amin")
+    right = torch.full((len(ids),), -1).scatter_reduce(0, cell_id, xs, "amax")
     main = int(mass.argmax())
     size = max(bottom[main] - top[main], right[main] - left[main]) + 1
     gap_y = torch.clamp(torch.maximum(top[main] - bottom, top - bottom[main]), min=0)
@@ -195,6 +196,12 @@ def drop_stray_marks(ink: np.ndarray) -> np.ndarray:
     keep = ~stray[inverse]  # per grid cell
     keep = keep.repeat_interleave(f, 0).repeat_interleave(f, 1)[:h, :w].numpy()
     return ink * keep
+
+
+def _ink_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), inclusive, of the True pixels of a boolean mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
 
 
 def stroke_width(mask: np.ndarray) -> float:
@@ -211,8 +218,8 @@ def thicken_thin_strokes(ink: np.ndarray) -> np.ndarray:
     the digit's size (to STROKE_TARGET); MNIST-like strokes are left alone. A large picture is first
     max-pooled to at most THICKEN_SIDE a side (which keeps hairlines), so the filter stays cheap."""
     mask = ink > INK_THRESHOLD
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    size = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+    top, bottom, left, right = _ink_box(mask)
+    size = max(bottom - top, right - left) + 1
     width = stroke_width(np.pad(mask, 1))
     if width >= STROKE_MIN * size:
         return ink
@@ -227,9 +234,8 @@ def thicken_thin_strokes(ink: np.ndarray) -> np.ndarray:
 
 def centre_in_field(ink: np.ndarray) -> np.ndarray:
     """Ink map (H, W) in 0..1 -> (28, 28) float in 0..1, MNIST-style crop, scale and centre of mass."""
-    rows = np.flatnonzero((ink > INK_THRESHOLD).any(axis=1))
-    cols = np.flatnonzero((ink > INK_THRESHOLD).any(axis=0))
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    top, bottom, left, right = _ink_box(ink > INK_THRESHOLD)
+    crop = ink[top : bottom + 1, left : right + 1]
     h, w = crop.shape
     scale = BOX / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
