@@ -151,12 +151,12 @@ def pid_alive(pid: int) -> bool:
 def _matching(search: str) -> sa.ColumnElement[bool]:
     """Runs whose model, label, status or sweep contain every word of `search` (any case); a word that
     is a number (or #number) also matches that run id. "tiny4k finished" = finished Tiny4k runs."""
+    c = runs_table.c
     clauses = []
     for word in search.split():
-        c = runs_table.c
         either = [col.icontains(word, autoescape=True) for col in (c.model, c.label, c.status, c.sweep)]
-        if word.lstrip("#").isdigit():
-            either.append(c.id == int(word.lstrip("#")))
+        if (number := word.lstrip("#")).isdigit():
+            either.append(c.id == int(number))
         clauses.append(sa.or_(*either))
     return sa.and_(*clauses)
 
