@@ -112,3 +112,11 @@ def pg_url(postgres_server: str) -> str:
         c.exec_driver_sql(f"CREATE DATABASE {name}")
     engine.dispose()
     return f"{postgres_server}/{name}"
+
+
+def dot(img: np.ndarray, y: int, x: int, r: int = 9) -> np.ndarray:
+    """`img` with a round dot of radius r (an 18 px brush's click) at (y, x), in the ink's colour."""
+    img = img.copy()
+    yy, xx = np.ogrid[: img.shape[0], : img.shape[1]]
+    img[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = 255
+    return img

@@ -13,6 +13,7 @@ import torch
 
 from core.predict import preprocess, probabilities
 from core.reference import load_reference_model, reference_names
+from tests.conftest import dot
 
 CANVAS = 280
 # strokes of each digit as polylines in a unit box (x right, y down); the key's first character is the digit
@@ -49,14 +50,6 @@ def draw(strokes, size: int, top: int, left: int, brush: int) -> np.ndarray:
     return np.where(near <= brush / 2, 255, 0).astype(np.uint8)
 
 
-def click(img: np.ndarray, y: int, x: int, r: int = 9) -> np.ndarray:
-    """A stray click of an 18 px brush at (y, x)."""
-    yy, xx = np.ogrid[:CANVAS, :CANVAS]
-    out = img.copy()
-    out[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = 255
-    return out
-
-
 @pytest.fixture(scope="module", params=["Model3", "Tiny4k"])
 def model(request):
     if request.param not in reference_names():
@@ -87,7 +80,7 @@ def test_every_digit_is_read_whatever_the_brush_and_size(model, place, brush):
 @pytest.mark.parametrize("where", [(265, 265), (265, 15), (15, 265)])
 @pytest.mark.parametrize("place", ["middling", "small"])
 def test_a_stray_click_does_not_change_what_is_read(model, where, place):
-    pictures = [click(draw(s, *PLACES[place], 18), *where) for s in DIGITS.values()]
+    pictures = [dot(draw(s, *PLACES[place], 18), *where) for s in DIGITS.values()]
     got = dict(zip(DIGITS, read(model, pictures), strict=True))
     wrong = {k: v for k, v in got.items() if v != int(k[0])}
     assert not wrong, f"read wrong with a click at {where} ({place}): {wrong}"

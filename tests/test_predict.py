@@ -21,6 +21,7 @@ from core.predict import (
     probabilities,
     read_picture,
 )
+from tests.conftest import dot
 
 CANVAS = 280
 
@@ -42,14 +43,6 @@ def test_output_is_a_normalised_28x28_tensor_with_a_20px_digit():
     pic = as_picture(x)
     rows, cols = np.flatnonzero(pic.max(1) > 25), np.flatnonzero(pic.max(0) > 25)
     assert max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) in (19, 20, 21)
-
-
-def dot(img: np.ndarray, y: int, x: int, r: int = 9) -> np.ndarray:
-    """`img` with a round dot of radius r (an 18 px brush's click) at (y, x), in the ink's colour."""
-    img = img.copy()
-    yy, xx = np.ogrid[: img.shape[0], : img.shape[1]]
-    img[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = 255
-    return img
 
 
 def small_seven() -> np.ndarray:
