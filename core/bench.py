@@ -26,7 +26,7 @@ from core.config import TrainConfig, recipe
 from core.data import MEAN, STD, data_root, load_mnist
 from core.layers import FastBatchNorm2d, FastDropout
 from core.models import build_model
-from core.train import Trainer
+from core.train import Trainer, pick_device
 
 TARGET = 99.4  # test accuracy (%) for the time-to-target measurement
 
@@ -47,8 +47,8 @@ def seed_model() -> nn.Module:
 class EngineSide:
     """Our engine: `Trainer.train_epoch` over an in-memory slice of `chunk` batches, called once per round."""
 
-    def __init__(self, chunk: int, data_dir: str | None):
-        config = recipe("Model3", "seed", train_limit=128 * chunk)
+    def __init__(self, chunk: int, data_dir: str | None, device: str = "auto"):
+        config = recipe("Model3", "seed", train_limit=128 * chunk, device=device)
         self.trainer = Trainer(config, load_mnist(data_dir))
         self.epoch = 0
 
@@ -60,7 +60,7 @@ class EngineSide:
 class SeedLoopSide:
     """The seed's loop: torchvision DataLoader + transforms feeding the same model, optimizer and batch size."""
 
-    def __init__(self, chunk: int, data_dir: str | None):
+    def __init__(self, chunk: int, data_dir: str | None, device: str = "auto"):
         from torchvision import datasets, transforms
 
         torch.manual_seed(1)
@@ -70,7 +70,8 @@ class SeedLoopSide:
         dataset = datasets.MNIST(str(data_root(data_dir)), train=True, download=False, transform=transform)
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=0, drop_last=True)
         self.batches = iter(self.loader)
-        self.model = seed_model().train()
+        self.device = pick_device(device)
+        self.model = seed_model().to(self.device).train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.chunk = chunk
 
@@ -81,25 +82,33 @@ class SeedLoopSide:
             except StopIteration:
                 self.batches = iter(self.loader)
                 x, y = next(self.batches)
+            x, y = x.to(self.device), y.to(self.device)  # the seed's loop on a GPU: batches made on the CPU
             loss = F.nll_loss(F.log_softmax(self.model(x), dim=1), y)  # the seed's log_softmax + NLL
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
 
 
-def _side_process(kind: str, chunk: int, data_dir: str | None, conn) -> None:
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # a GPU round is timed to the end of its last kernel
+
+
+def _side_process(kind: str, chunk: int, data_dir: str | None, device: str, conn) -> None:
     """Child process holding one side: warms up, then times one round per "run" message."""
-    side = SeedLoopSide(chunk, data_dir) if kind == "seed" else EngineSide(chunk, data_dir)
+    side = SeedLoopSide(chunk, data_dir, device) if kind == "seed" else EngineSide(chunk, data_dir, device)
     side.run()  # warm-up: allocator, first-call costs
+    _sync()
     conn.send("ready")
     while conn.recv() == "run":
         t0 = time.perf_counter()
         side.run()
+        _sync()
         conn.send(time.perf_counter() - t0)
     conn.send(peak_memory_mb())
 
 
-def images_per_second(batches: int, rounds: int, data_dir: str | None) -> tuple[float, float, dict]:
+def images_per_second(batches: int, rounds: int, data_dir: str | None, device: str = "auto") -> tuple[float, float, dict]:
     """(seed loop, our engine) images/s, and each side's peak memory (MB), over `batches` batches each, run in alternating rounds.
 
     Each side lives in its own fresh process, so the seed's loop runs with the process defaults it
@@ -114,7 +123,7 @@ def images_per_second(batches: int, rounds: int, data_dir: str | None) -> tuple[
     pipes, procs = {}, []
     for kind in ("seed", "ours"):
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_side_process, args=(kind, chunk, data_dir, child), daemon=True)
+        proc = ctx.Process(target=_side_process, args=(kind, chunk, data_dir, device, child), daemon=True)
         proc.start()
         pipes[kind] = parent
         procs.append(proc)
@@ -175,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=200, help="timed batches per side (batch 128)")
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds the batches are split into")
     p.add_argument("--data", default=None, help="MNIST root (default: $MNIST_ROOT, else ./data)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where both sides train (auto: CUDA when present)")
     p.add_argument("--skip-time-to-target", action="store_true", help="only the speed ratio and memory")
     p.add_argument("--profile", action="store_true", help="only profile our engine over --batches batches (where the time goes)")
     args = p.parse_args(argv)
@@ -185,14 +195,15 @@ def main(argv: list[str] | None = None) -> int:
         print(profile_engine(args.batches, args.data))
         return 0
 
-    print(f"Model3, batch 128, {args.batches} timed batches each side, {torch.get_num_threads()} threads", flush=True)
-    plain, ours, peaks = images_per_second(args.batches, args.rounds, args.data)
+    where = torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    print(f"Model3, batch 128, {args.batches} timed batches each side, {where}", flush=True)
+    plain, ours, peaks = images_per_second(args.batches, args.rounds, args.data, args.device)
     print(f"seed loop (DataLoader + transforms): {plain:8.0f} images/s")
     print(f"our engine (Trainer):                {ours:8.0f} images/s")
     print(f"ratio {ours / plain:.2f}x (our engine / seed loop)", flush=True)
 
     if not args.skip_time_to_target:
-        config = recipe("Model3", "reference")
+        config = recipe("Model3", "reference", device=args.device)
         print(f"time to {TARGET}% test, Model3 reference recipe: {config.to_json()}", flush=True)
         seconds, epoch, best = time_to_target(config, args.data)
         if seconds is None:

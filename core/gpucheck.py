@@ -1,0 +1,65 @@
+"""On a CUDA machine: do our CPU-specific layer paths step aside, and does the engine train the same maths?
+
+    python -m core.gpucheck            # prints one line per check; exit 1 if any fails
+
+FastBatchNorm2d must fall through to nn.BatchNorm2d's own kernel on CUDA (same output, gradients and
+running statistics); FastDropout must keep ~1-p of its inputs with the expected value preserved; one
+short training run must give the same loss on CUDA as on the CPU up to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from core.config import recipe
+from core.data import MNIST
+from core.layers import FastBatchNorm2d, FastDropout
+from core.train import MEMORY_FORMAT, Trainer
+
+
+def check_batchnorm(device: str) -> str:
+    torch.manual_seed(0)
+    x = torch.randn(128, 12, 24, 24, device=device).contiguous(memory_format=MEMORY_FORMAT).requires_grad_()
+    ours, theirs = FastBatchNorm2d(12).to(device), nn.BatchNorm2d(12).to(device)
+    a, b = ours(x), theirs(x)
+    (ga,) = torch.autograd.grad(a.square().sum(), x)
+    (gb,) = torch.autograd.grad(b.square().sum(), x)
+    worst = max((a - b).abs().max().item(), (ga - gb).abs().max().item(),
+                (ours.running_var - theirs.running_var).abs().max().item())
+    return f"FastBatchNorm2d on {device}: max difference to nn.BatchNorm2d {worst:.2e}" + ("" if worst < 1e-4 else "  FAIL")
+
+
+def check_dropout(device: str, p: float = 0.1) -> str:
+    x = torch.ones(256, 8, 26, 26, device=device).contiguous(memory_format=MEMORY_FORMAT)
+    y = FastDropout(p).to(device).train()(x)
+    kept, mean = (y != 0).float().mean().item(), y.mean().item()
+    ok = abs(kept - (1 - p)) < 0.005 and abs(mean - 1) < 0.01
+    return f"FastDropout({p}) on {device}: kept {kept:.4f} (expect {1 - p}), mean {mean:.4f} (expect 1)" + ("" if ok else "  FAIL")
+
+
+def check_training(n: int = 2048) -> str:
+    g = torch.Generator().manual_seed(0)
+    data = MNIST(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g),
+                 torch.randn(512, 1, 28, 28, generator=g), torch.randint(0, 10, (512,), generator=g))
+    losses = {}
+    for device in ("cpu", "cuda"):
+        config = recipe("Model3", "seed", epochs=1, dropout=0.0, augment=False, device=device)
+        losses[device] = next(Trainer(config, data).epochs()).train_loss
+    diff = abs(losses["cpu"] - losses["cuda"])
+    return f"one epoch, no dropout/augmentation: train loss CPU {losses['cpu']:.5f}, CUDA {losses['cuda']:.5f}" + (
+        "" if diff < 1e-3 else "  FAIL")
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to check")
+        return 0
+    print(torch.cuda.get_device_name(), "torch", torch.__version__)
+    lines = [check_batchnorm("cuda"), check_dropout("cuda"), check_training()]
+    print("\n".join(lines))
+    return 1 if any(line.endswith("FAIL") for line in lines) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
