@@ -14,10 +14,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+from core import PROJECT_ROOT, ray_exec
 from core.config import TrainConfig
 from core.runs import Run, RunStore, pid_alive
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def log_path(store: RunStore, run_id: int) -> Path:
@@ -33,8 +32,6 @@ def start_run(
 ) -> int:
     """Record a new run and launch its training process, detached from the caller; returns the run id.
     `ray` (default $MNIST_LAB_RAY): a Ray address to run it on the cluster instead of a local subprocess."""
-    from core import ray_exec
-
     address = ray or ray_exec.ray_address()
     run_id = store.create_run(config, label=label)
     if address:
@@ -47,19 +44,26 @@ def start_run(
     cmd = [sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", store.url, "--quiet", "--if-queued"]
     if data_root:
         cmd += ["--data", str(data_root)]
-    with open(log_path(store, run_id), "ab") as log:
+    proc = spawn_detached(cmd, log_path(store, run_id))
+    store.update(run_id, pid=proc.pid)
+    return run_id
+
+
+def spawn_detached(cmd: list[str], log: Path) -> subprocess.Popen:
+    """Start `cmd` in the project folder as its own session (a closed browser tab or a restarted dashboard
+    leaves it running), its output appended to `log`; reaped by a thread when it ends (no zombie)."""
+    with open(log, "ab") as out:
         proc = subprocess.Popen(
             cmd,
             cwd=PROJECT_ROOT,
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # a closed browser tab or a restarted dashboard leaves it training
+            start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    store.update(run_id, pid=proc.pid)
-    threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends: no zombie left behind
-    return run_id
+    threading.Thread(target=proc.wait, daemon=True).start()
+    return proc
 
 
 def never_started(run: Run) -> bool:

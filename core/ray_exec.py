@@ -14,18 +14,15 @@ heartbeat (other hosts), which RunStore.reconcile marks 'interrupted', and it re
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from core.runs import StoreError
+from core import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "mnist-lab"
 CPUS_PER_RUN = float(os.environ.get("MNIST_LAB_RAY_CPUS", "1"))
 
 
-class RayError(StoreError):
-    """Ray is not installed or the cluster cannot be reached; the message says what to do.
-    (A StoreError, so the pages and the CLI that report a run that cannot start report this too.)"""
+class RayError(RuntimeError):
+    """Ray is not installed or the cluster cannot be reached; the message says what to do."""
 
 
 def ray_address() -> str | None:

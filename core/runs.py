@@ -18,6 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import torch
 
+from core import PROJECT_ROOT
 from core.config import TrainConfig
 
 STATUSES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
@@ -117,7 +118,7 @@ class Run:
 
 def default_url() -> str:
     """$MNIST_LAB_DB, else a SQLite file runs/runs.db in the project."""
-    return os.environ.get("MNIST_LAB_DB") or f"sqlite:///{Path(__file__).resolve().parent.parent / 'runs' / 'runs.db'}"
+    return os.environ.get("MNIST_LAB_DB") or f"sqlite:///{PROJECT_ROOT / 'runs' / 'runs.db'}"
 
 
 def normalise_url(url: str) -> str:

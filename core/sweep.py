@@ -15,8 +15,10 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from core.config import ConfigError, TrainConfig, recipe
+from core.launch import spawn_detached
 from core.runs import Run, RunStore, StoreError
 
 SEARCHABLE = {"lr": float, "batch_size": int, "dropout": float, "scheduler": str, "augment": bool, "seed": int}
@@ -192,20 +194,9 @@ def command_line(spec: SweepSpec, sweep_id: str, store_url: str, data_root: str 
 def launch_sweep(spec: SweepSpec, store_url: str, data_root: str | None = None, sweep_id: str | None = None) -> str:
     """Start the sweep as a background process (it outlives the caller); returns the sweep id. Output goes to
     <tmp>/<sweep id>.log."""
-    import os
-    import subprocess
-    from pathlib import Path
-
     spec.validate()
     sweep_id = sweep_id or new_sweep_id()
-    log = Path(tempfile.gettempdir()) / f"mnist-lab-{sweep_id}.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            command_line(spec, sweep_id, store_url, data_root), cwd=Path(__file__).resolve().parent.parent,
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends: no zombie
+    spawn_detached(command_line(spec, sweep_id, store_url, data_root), Path(tempfile.gettempdir()) / f"mnist-lab-{sweep_id}.log")
     return sweep_id
 
 
