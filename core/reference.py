@@ -1,12 +1,12 @@
-"""Reference runs shipped in the repo: core/reference/<Model>.pt (weights) and <Model>.json (config + history).
+"""Reference runs shipped in the repo: core/shipped/<Model>.pt (weights) and <Model>.json (config + history).
 
 They let the dashboard show curves and predict before anyone trains. Regenerate them all with
     python -m core.reference            (one 15-epoch run per variant, through the normal training path)
-    python -m core.reference Model3 --recipe seed   (the seed's own recipe, into core/reference/seed-recipe/)
+    python -m core.reference Model3 --recipe seed   (the seed's own recipe, into core/shipped/seed-recipe/)
     python -m core.reference --table    (the README results table, from the shipped .json files)
 Extra seeds go elsewhere so they never overwrite the shipped runs:
     python -m core.reference Model3 --seed 2 --out /tmp/seed2 --runs /tmp/seeds.db
-    python -m core.reference --table --seed-dirs core/reference /tmp/seed2 /tmp/seed3
+    python -m core.reference --table --seed-dirs core/shipped /tmp/seed2 /tmp/seed3
 """
 
 from __future__ import annotations
@@ -14,18 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from core.cli import format_epoch
 from core.config import ConfigError, TrainConfig, parse_overrides, recipe
 from core.layers import FastDropout
 from core.models import MODELS, build_model, count_parameters
-from core.runs import load_state_bytes
+from core.runs import RunStore, load_state_bytes
+from core.worker import execute_run
 
-REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parent / "shipped"  # the shipped weights and histories
 SEED_RECIPE_DIR = "seed-recipe"  # subfolder of a results folder holding runs of the seed's own recipe
 
 
@@ -35,7 +38,7 @@ def reference_names() -> list[str]:
 
 
 def seed_recipe_names(with_weights: bool = False) -> list[str]:
-    """Variants with a shipped run of the seed's own recipe (core/reference/seed-recipe/), in registry
+    """Variants with a shipped run of the seed's own recipe (core/shipped/seed-recipe/), in registry
     order; with_weights: only those whose weights (.pt) ship too."""
     folder = REFERENCE_DIR / SEED_RECIPE_DIR
     return [n for n in MODELS if (folder / f"{n}.json").is_file() and (not with_weights or (folder / f"{n}.pt").is_file())]
@@ -51,15 +54,27 @@ def reference_info(name: str, folder: Path = REFERENCE_DIR) -> dict:
     return json.loads((Path(folder) / f"{name}.json").read_text())
 
 
-def load_reference_model(name: str, seed_recipe: bool = False) -> nn.Module:
-    """The shipped weights of a variant (of its seed's-recipe run with seed_recipe=True), in eval mode,
-    loaded with weights_only=True."""
-    path = (REFERENCE_DIR / SEED_RECIPE_DIR if seed_recipe else REFERENCE_DIR) / f"{name}.pt"
-    state = load_state_bytes(path.read_bytes(), str(path))
+def best_test_by_model(store: RunStore) -> dict[str, float]:
+    """Variant -> best test accuracy (%) over its shipped reference and every run in the store."""
+    best = {name: max(e["test_acc"] for e in reference_info(name)["epochs"]) for name in reference_names()}
+    for model, acc in store.best_by_model().items():
+        best[model] = max(best.get(model, 0.0), acc)
+    return best
+
+
+def model_from_state(state: dict) -> nn.Module:
+    """The model a checkpoint ({"model": weights, "config": its TrainConfig as JSON}) holds, in eval mode."""
     config = TrainConfig.from_json(state["config"])
     model = build_model(config.model, config.dropout)
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def load_reference_model(name: str, seed_recipe: bool = False) -> nn.Module:
+    """The shipped weights of a variant (of its seed's-recipe run with seed_recipe=True), in eval mode,
+    loaded with weights_only=True."""
+    path = (REFERENCE_DIR / SEED_RECIPE_DIR if seed_recipe else REFERENCE_DIR) / f"{name}.pt"
+    return model_from_state(load_state_bytes(path.read_bytes(), str(path)))
 
 
 def save_reference(
@@ -123,8 +138,6 @@ def results_table(folder: Path = REFERENCE_DIR) -> str:
 
 def seed_stats_table(folders: list[Path]) -> str:
     """Markdown: per variant present in every folder, mean ± std of last-epoch test acc and the worst of the last 3."""
-    import statistics
-
     rows = ["| variant | seeds | last-epoch test acc, mean ± std | worst of last 3 epochs (all seeds) | per seed (last 3) |",
             "|---|---|---:|---:|---|"]
     for name in MODELS:
@@ -142,10 +155,6 @@ def seed_stats_table(folders: list[Path]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import format_epoch
-    from core.runs import RunStore
-    from core.worker import execute_run
-
     p = argparse.ArgumentParser(prog="python -m core.reference", description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", default=list(MODELS), help="variants to (re)train (default: all)")
     p.add_argument("--data", default=None, help="MNIST root (default: $MNIST_ROOT, else ./data)")
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="*", default=[],
                    help="override recipe settings (JSON values), for trying a candidate recipe with --out elsewhere")
     p.add_argument("--out", type=Path, default=None,
-                   help="folder for the .pt/.json (default: core/reference, or core/reference/seed-recipe with --recipe seed)")
+                   help="folder for the .pt/.json (default: core/shipped, or core/shipped/seed-recipe with --recipe seed)")
     p.add_argument("--table", action="store_true", help="print the README results table from --out and exit")
     p.add_argument("--seed-dirs", type=Path, nargs="*", default=None, help="with --table: folders of seed repeats")
     args = p.parse_args(argv)
@@ -181,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if status != "finished":
             print(f"{name}: run {run_id} ended {status}; reference not written")
             return 1
-        state = store.load_checkpoint(run_id, "last")
-        model = build_model(config.model, config.dropout)
-        model.load_state_dict(state["model"])
+        model = model_from_state(store.load_checkpoint(run_id, "last"))
         save_reference(config, model, store.epochs(run_id), time.perf_counter() - t0, args.out)
     return 0
 
