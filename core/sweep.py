@@ -24,6 +24,37 @@ from core.runs import Run, RunStore, StoreError
 SEARCHABLE = {"lr": float, "batch_size": int, "dropout": float, "scheduler": str, "augment": bool, "seed": int}
 
 
+def parse_values(kind: type, text: str) -> list:
+    """Comma-separated values of one searchable field's type ("0.01, 0.05" -> [0.01, 0.05]; bools: true/false)."""
+
+    def one(s: str):
+        if kind is bool:
+            if s.lower() not in ("true", "false"):
+                raise ConfigError(f"expected true/false, got {s!r}")
+            return s.lower() == "true"
+        return kind(s)
+
+    try:
+        return [one(s.strip()) for s in text.split(",") if s.strip()]
+    except ValueError:  # int("x"), float("x")
+        raise ConfigError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
+
+
+def search_space(fields: dict[str, str | list]) -> dict[str, list]:
+    """Field -> values to try, from comma-separated text or values already chosen; a field given no value is
+    left out (its trials keep the recipe's value)."""
+    unknown = sorted(set(fields) - set(SEARCHABLE))
+    if unknown:
+        raise ConfigError(f"cannot search over {', '.join(unknown)}; searchable: {', '.join(SEARCHABLE)}")
+    space = {k: parse_values(SEARCHABLE[k], v) if isinstance(v, str) else list(v) for k, v in fields.items()}
+    return {k: v for k, v in space.items() if v}
+
+
+def sweep_log(sweep_id: str) -> Path:
+    """Where a launched sweep's output goes."""
+    return Path(tempfile.gettempdir()) / f"mnist-lab-{sweep_id}.log"
+
+
 @dataclass
 class SweepSpec:
     model: str = "Model3"
@@ -38,15 +69,13 @@ class SweepSpec:
     cpus_per_trial: float = 1.0
 
     def validate(self) -> SweepSpec:
-        unknown = sorted(set(self.space) - set(SEARCHABLE))
-        if unknown:
-            raise ConfigError(f"cannot search over {', '.join(unknown)}; searchable: {', '.join(SEARCHABLE)}")
+        search_space(self.space)  # refuses fields that cannot be searched
         if not self.space or any(not v for v in self.space.values()):
             raise ConfigError("give at least one value for each searched field")
         if self.search not in ("grid", "random"):
             raise ConfigError(f"search must be grid or random, got {self.search!r}")
-        for values in self.trial_configs_preview():
-            values.validate()
+        for config in self.trial_configs_preview():
+            config.validate()
         return self
 
     def config(self, params: dict) -> TrainConfig:
@@ -165,13 +194,14 @@ def settle(store: RunStore, sweep_id: str, timeout: float = 120.0) -> None:
     stop had been asked, else `interrupted`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        store.reconcile()
         active = [r for r in store.list_runs(sweep=sweep_id) if r.status in ("queued", "running")]
         if not active:
             return
         for r in active:
             if not r.stop_requested:
                 store.request_stop(r.id)
-        time.sleep(0.5)  # the next list_runs reconciles dead processes first
+        time.sleep(0.5)
 
 
 def command_line(spec: SweepSpec, sweep_id: str, store_url: str, data_root: str | None = None) -> list[str]:
@@ -193,23 +223,23 @@ def command_line(spec: SweepSpec, sweep_id: str, store_url: str, data_root: str 
 
 def launch_sweep(spec: SweepSpec, store_url: str, data_root: str | None = None, sweep_id: str | None = None) -> str:
     """Start the sweep as a background process (it outlives the caller); returns the sweep id. Output goes to
-    <tmp>/<sweep id>.log."""
+    sweep_log(sweep id)."""
     spec.validate()
     sweep_id = sweep_id or new_sweep_id()
-    spawn_detached(command_line(spec, sweep_id, store_url, data_root), Path(tempfile.gettempdir()) / f"mnist-lab-{sweep_id}.log")
+    spawn_detached(command_line(spec, sweep_id, store_url, data_root), sweep_log(sweep_id))
     return sweep_id
 
 
-def _values(kind: type, text: str) -> list:
-    def one(s: str):
-        s = s.strip()
-        if kind is bool:
-            if s.lower() not in ("true", "false"):
-                raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-            return s.lower() == "true"
-        return kind(s)
+def _argument_values(kind: type):
+    """parse_values as an argparse type: a bad list is a usage error that quotes the message."""
 
-    return [one(s) for s in text.split(",") if s.strip()]
+    def parse(text: str) -> list:
+        try:
+            return parse_values(kind, text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=("seed", "reference"), default=d.recipe, help="base recipe of every trial")
     g = p.add_argument_group("search space (comma-separated values)")
     for name, kind in SEARCHABLE.items():
-        g.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, type=lambda s, k=kind: _values(k, s))
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, type=_argument_values(kind))
     p.add_argument("--search", choices=("grid", "random"), default=d.search)
     p.add_argument("--samples", type=int, default=d.samples, help="random: number of trials; grid: repeats")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (ASHA's max_t); default: the recipe's")
@@ -242,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs:
         base["epochs"] = args.epochs
     spec = SweepSpec(model=args.model, recipe=args.recipe, base=base, search=args.search, samples=args.samples,
-                     space={k: getattr(args, k) for k in SEARCHABLE if getattr(args, k)} or {"lr": [0.01, 0.05]},
+                     space={k: getattr(args, k) for k in SEARCHABLE if getattr(args, k)} or SweepSpec().space,
                      grace=args.grace, reduction=args.reduction, max_concurrent=args.max_concurrent)
     sweep_id = args.sweep_id or new_sweep_id()
     try:

@@ -14,17 +14,18 @@ for path in (HERE.parent, HERE):  # `core` lives one level up; `lab` sits next t
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import lab  # noqa: E402
+import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
+
+from core.models import variant_rows  # noqa: E402
+from core.reference import best_test_by_model, reference_names  # noqa: E402
+
+# The variants table as Home shows it (variant_rows also has the output's receptive field).
+VARIANT_COLUMNS = ["variant", "params", "RF of last 3x3 conv", "idea", "seed's test %", "our best test %"]
 
 
 def home() -> None:
-    import lab
-    import pandas as pd
-
-    from core.architecture import receptive_field_table
-    from core.models import MODELS, build_model, count_parameters
-    from core.reference import reference_info, reference_names
-
     st.title("MNIST CNN lab")
     st.markdown(
         "Small CNNs for MNIST, each variant adding one idea to the last (BatchNorm, Dropout, Global Average "
@@ -32,27 +33,9 @@ def home() -> None:
         "**Draw** a digit for the models to read, and **Inspect** what a model gets wrong and what its layers see."
     )
     store = lab.store()
-    best: dict[str, float] = {}
-    for name in reference_names():
-        best[name] = max(e["test_acc"] for e in reference_info(name)["epochs"])
-    for model, acc in store.best_by_model().items():
-        best[model] = max(best.get(model, 0.0), acc)
-    rows = []
-    for spec in MODELS.values():
-        model = build_model(spec.name)
-        layers = receptive_field_table(model)
-        rows.append(
-            {
-                "variant": spec.name,
-                "params": count_parameters(model),
-                "RF of last 3x3 conv": [r for r in layers if r.kind == "conv" and r.kernel > 1][-1].rf,
-                "idea": spec.idea,
-                "seed's test %": spec.seed.best_test if spec.seed else None,
-                "our best test %": best.get(spec.name),
-            }
-        )
     st.subheader("Variants")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    variants = pd.DataFrame(variant_rows(best_test_by_model(store)))[VARIANT_COLUMNS]
+    st.dataframe(variants, hide_index=True, width="stretch")
     if not reference_names():
         st.caption("No reference runs shipped yet: `python -m core.reference` trains one per variant.")
 

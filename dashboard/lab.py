@@ -10,8 +10,7 @@ import torch.nn as nn
 
 from core.data import MNIST, load_mnist
 from core.evaluation import Evaluation, evaluate_classes
-from core.models import build_model
-from core.reference import load_reference_model, reference_names, seed_recipe_names
+from core.reference import load_reference_model, model_from_state, reference_names, seed_recipe_names
 from core.runs import Run, RunStore, StoreError, default_url
 
 # Pages list at most this many of the newest runs (each rerun reads them; 10,000 runs take ~0.65 s).
@@ -45,8 +44,13 @@ def _store(url: str) -> RunStore:
 
 
 def store() -> RunStore:
-    """The run store at $MNIST_LAB_DB (else runs/runs.db), opened once per URL."""
-    return _store(default_url())
+    """The run store at $MNIST_LAB_DB (else runs/runs.db), opened once per URL. A store that cannot be opened
+    ends the page with its one-line message."""
+    try:
+        return _store(default_url())
+    except StoreError as e:
+        st.error(str(e))
+        st.stop()
 
 
 @st.cache_resource(show_spinner="Loading MNIST...")
@@ -55,59 +59,54 @@ def mnist() -> MNIST:
 
 
 @dataclass(frozen=True)
-class Choice:
+class TrainedModel:
     """A trained model the pages can pick: a shipped reference or a run's best checkpoint."""
 
     label: str
     model: str  # variant name
     reference: bool
     run_id: int | None = None
-    seed_recipe: bool = False  # a reference trained with the seed's own recipe (core/reference/seed-recipe/)
+    seed_recipe: bool = False  # a reference trained with the seed's own recipe (core/shipped/seed-recipe/)
 
 
-def trained_models() -> list[Choice]:
+def trained_models() -> list[TrainedModel]:
     """Shipped references first, then finished or stopped runs that saved a checkpoint, newest first
     (from the newest NEWEST_RUNS runs)."""
     s = store()
-    choices = [Choice(f"{n} (reference)", n, True) for n in reference_names()]
-    choices += [Choice(f"{n}, seed's recipe (reference)", n, True, seed_recipe=True) for n in seed_recipe_names(True)]
+    choices = [TrainedModel(f"{n} (reference)", n, True) for n in reference_names()]
+    choices += [
+        TrainedModel(f"{n}, seed's recipe (reference)", n, True, seed_recipe=True) for n in seed_recipe_names(True)
+    ]
     with_best = s.runs_with_checkpoint("best")
     for run in s.list_runs(limit=NEWEST_RUNS):
         if run.status in ("finished", "stopped") and run.id in with_best:
             acc = f", {run.best_test_acc:.2f}%" if run.best_test_acc is not None else ""
-            choices.append(Choice(f"{run_label(run)}{acc}", run.model, False, run.id))
+            choices.append(TrainedModel(f"{run_label(run)}{acc}", run.model, False, run.id))
     return choices
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=16)
-def load_model(choice: Choice, store_url: str) -> nn.Module:
+def load_model(choice: TrainedModel, store_url: str) -> nn.Module:
     if choice.reference:
         return load_reference_model(choice.model, choice.seed_recipe)
-    state = _store(store_url).load_checkpoint(choice.run_id, "best")
-    config = state["config"]
-    from core.config import TrainConfig
-
-    cfg = TrainConfig.from_json(config)
-    model = build_model(cfg.model, cfg.dropout)
-    model.load_state_dict(state["model"])
-    return model.eval()
+    return model_from_state(_store(store_url).load_checkpoint(choice.run_id, "best"))
 
 
-def model_for(choice: Choice) -> nn.Module:
+def model_for(choice: TrainedModel) -> nn.Module:
     return load_model(choice, default_url())
 
 
 @st.cache_resource(show_spinner="Running the model over the 10,000 test digits...", max_entries=8)
-def _evaluation(choice: Choice, store_url: str) -> Evaluation:
+def _evaluation(choice: TrainedModel, store_url: str) -> Evaluation:
     data = mnist()
     return evaluate_classes(load_model(choice, store_url), data.test_x, data.test_y)
 
 
-def evaluation_for(choice: Choice) -> Evaluation:
+def evaluation_for(choice: TrainedModel) -> Evaluation:
     return _evaluation(choice, default_url())
 
 
-def pick_model(key: str, label: str = "Model") -> Choice | None:
+def pick_model(key: str, label: str = "Model") -> TrainedModel | None:
     """A selectbox of trained models; None (and a hint) when there is none."""
     choices = trained_models()
     if not choices:
@@ -116,7 +115,7 @@ def pick_model(key: str, label: str = "Model") -> Choice | None:
     return st.selectbox(label, choices, index=default_choice(choices), format_func=lambda c: c.label, key=key)
 
 
-def default_choice(choices: list[Choice]) -> int:
+def default_choice(choices: list[TrainedModel]) -> int:
     """The newest trained run when there is one (what a user who just trained wants to look at),
     else the Model3 reference (the lab's flagship), else the first."""
     for i, c in enumerate(choices):

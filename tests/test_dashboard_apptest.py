@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def test_every_page_runs_on_an_empty_store(store_url, page):
         assert at.slider(key="brush").value == 18 and at.button(key="clear")
 
 
+@pytest.mark.parametrize("page", [None, *PAGES, "views/Sweeps.py"])
+def test_every_page_says_in_one_line_that_the_store_is_unreadable(tmp_path, monkeypatch, page):
+    db = tmp_path / "runs.db"
+    db.write_bytes(random.Random(0).randbytes(4096))  # not a SQLite file
+    monkeypatch.setenv("MNIST_LAB_DB", f"sqlite:///{db}")
+    at = AppTest.from_file(HOME, default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "\n" not in errors[0] and str(db) in errors[0], errors
+
+
 @pytest.mark.slow
 def test_train_page_starts_a_run_that_finishes_and_the_other_pages_use_it(store_url):
     if not mnist_present():
@@ -95,7 +111,7 @@ def test_train_page_starts_a_run_that_finishes_and_the_other_pages_use_it(store_
 
 @pytest.mark.slow
 def test_pages_use_shipped_reference_models(store_url, tmp_path, monkeypatch):
-    """With a reference in core/reference (here: a temporary folder), every page offers and uses it."""
+    """With a reference in core/shipped (here: a temporary folder), every page offers and uses it."""
     if not mnist_present():
         pytest.skip("MNIST files not found: set MNIST_ROOT")
     import functools
@@ -170,7 +186,7 @@ def test_a_failed_run_shows_its_error(store_url):
 def test_compare_offers_the_seed_recipe_run_next_to_the_tuned_one(store_url):
     from core.reference import seed_recipe_names
 
-    assert "Model3" in seed_recipe_names()  # shipped in core/reference/seed-recipe/
+    assert "Model3" in seed_recipe_names()  # shipped in core/shipped/seed-recipe/
     at = open_page("views/Compare.py")
     options = at.multiselect(key="runs").options
     assert "Model3, seed's recipe (reference)" in options and "Model3 (reference)" in options
@@ -211,7 +227,7 @@ def test_compare_shows_the_whole_progression_and_the_newest_run_by_default(store
     from core.train import EpochResult
 
     if list(reference_names()) != list(MODELS):
-        pytest.skip("not every variant's reference is shipped in core/reference")
+        pytest.skip("not every variant's reference is shipped in core/shipped")
     store = RunStore(store_url)
     at = open_page("views/Compare.py")
     assert at.multiselect(key="runs").value == [f"{name} (reference)" for name in MODELS]
@@ -284,3 +300,13 @@ def test_inspect_labels_every_digit_on_its_charts(store_url):
         specs[spec["layout"]["title"]["text"]] = spec["layout"]
     cm, per_digit = specs["Confusion matrix"], specs["Accuracy per digit"]
     assert cm["xaxis"]["dtick"] == 1 and cm["yaxis"]["dtick"] == 1 and per_digit["xaxis"]["dtick"] == 1
+
+
+def test_sweeps_page_refuses_a_value_list_it_cannot_read(store_url):
+    at = open_page("views/Sweeps.py")
+    at.text_input(key="sw-lr").set_value("0.01, fast")
+    at.text_input(key="sw-seed").set_value("1,2")
+    at.button(key="sw-launch").click().run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == ["'0.01, fast' is not a comma-separated list of float values"]
+    assert "sweep" not in at.query_params  # nothing was launched

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from core.architecture import receptive_field_table
 from core.layers import FastDropout
-from core.models import MODELS, build_model, count_parameters
+from core.models import MODELS, build_model, count_parameters, variant_rows
 
 SEED_MODEL3_TABLE = [  # (block, output HxWxC, receptive field) from shared/SEED.md
     ("convblock1", (8, 26, 26), 3),
@@ -42,6 +42,15 @@ def test_model3_receptive_field_matches_seed_table():
     gap = rows[len(SEED_MODEL3_TABLE)]
     # The seed's GAP row repeats 22; averaging all 4x4 positions (jump 2) actually sees 22 + 3*2 = 28.
     assert (gap.kind, gap.kernel, gap.rf) == ("gap", 4, 28)
+
+
+def test_variants_table_lists_every_variant_with_its_receptive_fields_and_our_best():
+    rows = {r["variant"]: r for r in variant_rows({"Tiny4k": 99.5})}
+    assert list(rows) == list(MODELS)
+    m3 = rows["Model3"]
+    assert (m3["params"], m3["RF of last 3x3 conv"], m3["RF of output"]) == (count_parameters(build_model("Model3")), 22, 28)
+    assert m3["seed's test %"] == 99.27 and m3["our best test %"] is None
+    assert rows["Tiny4k"]["seed's test %"] is None and rows["Tiny4k"]["our best test %"] == 99.5
 
 
 def test_layer_table_params_add_up_to_the_model():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import lab
 import pandas as pd
 import plotly.express as px
@@ -10,21 +12,32 @@ import streamlit as st
 from core.reference import reference_info, reference_names, seed_recipe_info, seed_recipe_names
 
 
+@dataclass
+class Comparable:
+    """A shipped reference (epochs known) or a stored run (epochs read once it is chosen) the page can compare."""
+
+    model: str
+    status: str
+    params: int | None
+    epochs: list[dict] = field(default_factory=list)  # per-epoch dicts
+    run_id: int | None = None  # None for a reference
+    has_epochs: bool = False  # a run with a recorded epoch: a candidate for the default choice
+
+
+def shipped(name: str, info: dict) -> Comparable:
+    return Comparable(name, "reference", info["params"], info["epochs"])
+
+
 def main() -> None:
     st.title("Compare")
     store = lab.store()
-    # label -> {"model", "status", "params", and "epochs" (references) or "run_id" (runs: epochs read once chosen)}
-    options: dict[str, dict] = {}
+    options: dict[str, Comparable] = {}  # label -> what it compares
     progression = []  # every variant's reference: what the page shows by default
     for name in reference_names():
-        info = reference_info(name)
         progression.append(f"{name} (reference)")
-        options[progression[-1]] = {"model": name, "status": "reference", "params": info["params"], "epochs": info["epochs"]}
+        options[progression[-1]] = shipped(name, reference_info(name))
     for name in seed_recipe_names():  # the seed's own recipe next to our tuned one: what the schedule did
-        info = seed_recipe_info(name)
-        options[f"{name}, seed's recipe (reference)"] = {
-            "model": name, "status": "reference", "params": info["params"], "epochs": info["epochs"]
-        }
+        options[f"{name}, seed's recipe (reference)"] = shipped(name, seed_recipe_info(name))
     search = st.text_input(
         "Find runs", key="run-search", placeholder="words from the model, label, status or sweep, or a run id: e.g. Tiny4k finished"
     )
@@ -35,12 +48,12 @@ def main() -> None:
         if k not in options and k not in listed and (r := lab.run_of_label(store, k)):
             listed[k] = r
     for k, r in listed.items():
-        options[k] = {"model": r.model, "status": r.status, "params": r.params, "run_id": r.id, "has_epochs": r.epoch > 0}
+        options[k] = Comparable(r.model, r.status, r.params, run_id=r.id, has_epochs=r.epoch > 0)
     if not options:
         st.info("Nothing to compare yet. " + lab.NO_MODEL_HINT)
         return
     # By default the whole progression and the newest run with an epoch.
-    default = progression + [k for k, v in options.items() if v.get("has_epochs")][:1]
+    default = progression + [k for k, v in options.items() if v.has_epochs][:1]
     chosen = st.multiselect("Runs", list(options), default=default, key="runs")
     if search.strip() and not runs:
         st.caption(f"No run matches {search.strip()!r}.")
@@ -49,12 +62,12 @@ def main() -> None:
     if not chosen:
         st.info("Choose one or more runs above.")
         return
-    per_run = store.epochs_of([options[k]["run_id"] for k in chosen if "run_id" in options[k]])  # chosen runs only
-    for k in chosen:
-        if "run_id" in options[k]:
-            options[k]["epochs"] = per_run[options[k]["run_id"]]
+    runs_chosen = [options[k] for k in chosen if options[k].run_id is not None]
+    per_run = store.epochs_of([c.run_id for c in runs_chosen])  # the chosen runs' epochs only
+    for c in runs_chosen:
+        c.epochs = per_run[c.run_id]
 
-    series = {k: options[k]["epochs"] for k in chosen if options[k]["epochs"]}
+    series = {k: options[k].epochs for k in chosen if options[k].epochs}
     if series:
         tabs = st.tabs(["Test accuracy", "Train accuracy", "Test loss", "Train loss"])
         for tab, (metric, unit) in zip(
@@ -65,8 +78,8 @@ def main() -> None:
         st.info("The chosen runs have no finished epoch yet.")
 
     table = pd.DataFrame(
-        [{"run": k, "model": options[k]["model"], "status": options[k]["status"], "params": options[k]["params"],
-          **lab.summarise(options[k]["epochs"])} for k in chosen]
+        [{"run": k, "model": options[k].model, "status": options[k].status, "params": options[k].params,
+          **lab.summarise(options[k].epochs)} for k in chosen]
     )
     st.subheader("Summary")
     st.dataframe(table, hide_index=True, width="stretch")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
 import lab
 import pandas as pd
@@ -13,17 +12,9 @@ import streamlit as st
 
 from core.config import SCHEDULERS, ConfigError
 from core.models import MODELS
+from core.ray_exec import RayError
 from core.runs import Run, StoreError
-from core.sweep import SweepSpec, launch_sweep, new_sweep_id
-
-PARAMS = ["lr", "batch_size", "dropout", "scheduler", "augment", "seed"]
-
-
-def numbers(text: str, kind: type) -> list:
-    try:
-        return [kind(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise ConfigError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
+from core.sweep import SEARCHABLE, SweepSpec, launch_sweep, new_sweep_id, search_space, sweep_log
 
 
 def launch_form() -> None:
@@ -46,14 +37,13 @@ def launch_form() -> None:
     if not st.button("Launch sweep", type="primary", key="sw-launch"):
         return
     try:
-        space = {"lr": numbers(lr, float), "batch_size": numbers(batch, int), "dropout": numbers(dropout, float),
-                 "scheduler": scheds, "augment": augment, "seed": numbers(seeds, int)}
-        space = {k: v for k, v in space.items() if v}  # an empty field keeps the recipe's value
+        space = search_space({"lr": lr, "batch_size": batch, "dropout": dropout, "scheduler": scheds,
+                              "augment": augment, "seed": seeds})
         spec = SweepSpec(model=model, recipe=recipe, search=search, samples=int(samples), space=space,
                          base={"epochs": int(epochs), "train_limit": int(train_limit), "test_limit": int(test_limit)})
         lab.mnist()  # refuse before launching a sweep that could not train
         sweep_id = launch_sweep(spec, lab.store().url, os.environ.get("MNIST_ROOT"), new_sweep_id())
-    except (ConfigError, StoreError) as e:
+    except (ConfigError, StoreError, RayError) as e:
         st.error(str(e))
         return
     st.query_params["sweep"] = sweep_id  # a reload, or another server behind the balancer, shows the same sweep
@@ -66,15 +56,14 @@ def trial_table(trials: list[Run]) -> pd.DataFrame:
     for t in trials:
         c = t.config
         rows.append({"run": t.id, "status": t.status, "epoch": f"{t.epoch}/{c.epochs}",
-                     "best test %": t.best_test_acc, "lr": c.lr, "batch_size": c.batch_size,
-                     "dropout": c.dropout, "scheduler": c.scheduler, "augment": c.augment, "seed": c.seed})
+                     "best test %": t.best_test_acc, **{k: getattr(c, k) for k in SEARCHABLE}})
     return pd.DataFrame(rows)
 
 
 def parallel_coordinates(table: pd.DataFrame) -> go.Figure:
     """One line per trial across the recipe fields the sweep varied, coloured by its best test accuracy."""
     done = table.dropna(subset=["best test %"])
-    varied = [col for col in PARAMS if table[col].nunique(dropna=False) > 1] or ["lr"]  # fixed ones say nothing
+    varied = [col for col in SEARCHABLE if table[col].nunique(dropna=False) > 1] or ["lr"]  # fixed ones say nothing
     dims = []
     for col in varied:
         values = done[col]
@@ -115,8 +104,7 @@ def live(sweep_id: str) -> None:
     active = any(t.active for t in trials)
     st.subheader(f"{sweep_id}: {len(trials)} trial(s)" + (" · running" if active else ""))
     if not trials:
-        st.info("Waiting for the first trial to start (Ray starts in a few seconds). The sweep's output: "
-                f"{tempfile.gettempdir()}/mnist-lab-{sweep_id}.log")
+        st.info(f"Waiting for the first trial to start (Ray starts in a few seconds). The sweep's output: {sweep_log(sweep_id)}")
         return
     table = trial_table(trials)
     st.dataframe(table, hide_index=True, width="stretch", key="sw-table")
