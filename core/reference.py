@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     store = RunStore(args.runs)
     for name in args.models:
         config = recipe(name, args.recipe, **{"seed": args.seed, **overrides})
-        run_id = store.create_run(config, label=f"reference {name}")
+        run_id = store.create_run(config, label=f"reference {name}", params=config.parameter_count())
         print(f"{name}: run {run_id} {config.to_json()}", flush=True)
         t0 = time.perf_counter()
         status = execute_run(run_id, store.url, args.data, on_epoch=lambda r, n=config.epochs: print(format_epoch(r, n), flush=True))

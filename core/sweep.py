@@ -19,6 +19,8 @@ from pathlib import Path
 
 from core.config import ConfigError, TrainConfig, recipe
 from core.launch import spawn_detached
+from core.ray_exec import connect
+from core.ray_exec import ray_address as configured_address
 from core.runs import Run, RunStore, StoreError
 
 SEARCHABLE = {"lr": float, "batch_size": int, "dropout": float, "scheduler": str, "augment": bool, "seed": int}
@@ -28,16 +30,17 @@ def parse_values(kind: type, text: str) -> list:
     """Comma-separated values of one searchable field's type ("0.01, 0.05" -> [0.01, 0.05]; bools: true/false)."""
 
     def one(s: str):
-        if kind is bool:
-            if s.lower() not in ("true", "false"):
-                raise ConfigError(f"expected true/false, got {s!r}")
-            return s.lower() == "true"
-        return kind(s)
+        if kind is not bool:
+            return kind(s)
+        if s.lower() not in ("true", "false"):  # bool("false") would be True
+            raise ValueError(s)
+        return s.lower() == "true"
 
     try:
         return [one(s.strip()) for s in text.split(",") if s.strip()]
-    except ValueError:  # int("x"), float("x")
-        raise ConfigError(f"{text!r} is not a comma-separated list of {kind.__name__} values") from None
+    except ValueError:
+        what = "true/false" if kind is bool else f"{kind.__name__} values"
+        raise ConfigError(f"{text!r} is not a comma-separated list of {what}") from None
 
 
 def search_space(fields: dict[str, str | list]) -> dict[str, list]:
@@ -96,10 +99,11 @@ def _trial_class():
         """One sweep trial = one stored run trained by execute_run in a thread; step() hands Tune its next epoch.
         The thread waits after each epoch until Tune asks for the next one, so ASHA decides before it trains on."""
 
-        def setup(self, params, spec: SweepSpec, sweep_id: str, store_url: str, data_root: str | None):
-            self.config_ = spec.config(params)
+        def setup(self, searched, spec: SweepSpec, sweep_id: str, store_url: str, data_root: str | None):
+            self.config_ = spec.config(searched)  # searched: this trial's value of each searched field
             self.store = RunStore(store_url)
-            self.run_id = self.store.create_run(self.config_, label=f"{sweep_id} " + _describe(params), sweep=sweep_id)
+            self.run_id = self.store.create_run(self.config_, label=f"{sweep_id} " + _describe(searched), sweep=sweep_id,
+                                                 params=self.config_.parameter_count())
             self.results: queue.Queue = queue.Queue()
             self.go = threading.Semaphore(0)  # released by step() for every epoch after the first
             self.done = False
@@ -153,9 +157,6 @@ def run_sweep(spec: SweepSpec, store_url: str | None = None, data_root: str | No
     """Run the sweep to its end (locally or on the Ray cluster) and return its trials, newest first."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-
-    from core.ray_exec import connect
-    from core.ray_exec import ray_address as configured_address
 
     spec.validate()
     sweep_id = sweep_id or new_sweep_id()
