@@ -23,13 +23,19 @@ def store_url(tmp_path, monkeypatch) -> str:
     return url
 
 
-def open_page(page: str | None = None) -> AppTest:
+def run_page(page: str | None = None) -> AppTest:
+    """Home, then `page` through the router when given; no exception on the way."""
     at = AppTest.from_file(HOME, default_timeout=120)
     at.run()
     if page:
         at.switch_page(page)
         at.run()
     assert not at.exception, at.exception
+    return at
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = run_page(page)
     assert not at.error, [e.value for e in at.error]
     return at
 
@@ -62,13 +68,7 @@ def test_every_page_says_in_one_line_that_the_store_is_unreadable(tmp_path, monk
     db = tmp_path / "runs.db"
     db.write_bytes(random.Random(0).randbytes(4096))  # not a SQLite file
     monkeypatch.setenv("MNIST_LAB_DB", f"sqlite:///{db}")
-    at = AppTest.from_file(HOME, default_timeout=120)
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    assert not at.exception, at.exception
-    errors = [e.value for e in at.error]
+    errors = [e.value for e in run_page(page).error]
     assert len(errors) == 1 and "\n" not in errors[0] and str(db) in errors[0], errors
 
 
