@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import time
 
 import lab
+import live
 import streamlit as st
 
 from core.config import OPTIMIZERS, SCHEDULERS, ConfigError, recipe
 from core.data import DataError
 from core.launch import never_started, start_run, stop_run
 from core.models import MODELS
+from core.ray_exec import RayError
 from core.runs import StoreError
 
 
@@ -42,7 +45,7 @@ def settings_form() -> None:
             test_limit=int(test_limit),
         )
         run_id = start_run(lab.store(), config, data_root=os.environ.get("MNIST_ROOT"), label=label)
-    except (ConfigError, DataError, StoreError) as e:
+    except (ConfigError, DataError, StoreError, RayError) as e:
         st.error(str(e))
         return
     st.query_params["run"] = str(run_id)  # a reload, or this URL in another browser, shows the same run
@@ -55,19 +58,22 @@ def chosen_run_id() -> int | None:
     if wanted and wanted.isdigit():
         return int(wanted)
     store = lab.store()
+    live.shared.reconcile(store)  # a run whose process died is not "running" any more
     active = store.list_runs(status="running", limit=1) or store.list_runs(status="queued", limit=1)
     newest = active or store.list_runs(limit=1)
     return newest[0].id if newest else None
 
 
-def live(run_id: int) -> None:
-    """The run's state, re-read from the store every second; nothing here trains."""
-    store = lab.store()
+def status(run_id: int, charted: int, was_active: bool) -> None:
+    """The run's state, refreshed while it is active: a shared read (live.watch), no charts. When the run gains an
+    epoch or ends, the whole page reruns once to redraw the charts (`charted`: the epochs they show)."""
+    started = time.perf_counter()
     try:
-        run = store.get(run_id)
+        view = live.watch(run_id)
     except StoreError as e:
         st.error(str(e))
         return
+    run = view.run
     st.subheader(f"Run {run.id}: {run.model}" + (f" · {run.label}" if run.label else ""))
     done = f"epoch {run.epoch}/{run.config.epochs}"
     if run.active and run.batches_per_epoch:
@@ -85,22 +91,24 @@ def live(run_id: int) -> None:
         if run.stop_requested:
             st.caption("Stopping after the current batch...")
         elif st.button("Stop", key=f"stop-{run.id}"):
-            stop_run(store, run.id)
-    rows = store.epochs(run.id)
-    st.caption(f"{len(rows)} epoch(s) recorded" + (f" · best test {run.best_test_acc:.2f}%" if rows else ""))
+            stop_run(lab.store(), run.id)
+    live.pace.record(time.perf_counter() - started)
+    if len(view.epochs) != charted or (was_active and not run.active):
+        st.rerun(scope="app")  # new epoch: redraw the charts; run ended: refresh the pickers elsewhere too
+
+
+def charts(view: live.RunView) -> None:
+    rows = view.epochs
+    best = view.best_test_acc
+    st.caption(f"{len(rows)} epoch(s) recorded" + (f" · best test {best:.2f}%" if best is not None else ""))
     if rows:
+        acc, loss, lr = live.training_charts(view)
         c1, c2, c3 = st.columns(3)
-        c1.plotly_chart(lab.curves({"": rows}, ["train_acc", "test_acc"], "Accuracy", "%"), key="acc")
-        c2.plotly_chart(lab.curves({"": rows}, ["train_loss", "test_loss"], "Loss", "cross-entropy"), key="loss")
-        lr = lab.curves({"": rows}, ["lr"], "Learning rate", "lr (log scale)")
-        lr.update_yaxes(type="log", exponentformat="power")
+        c1.plotly_chart(acc, key="acc")
+        c2.plotly_chart(loss, key="loss")
         c3.plotly_chart(lr, key="lr")
     with st.expander("Config"):
-        st.json(run.config.to_json())
-    was_active = st.session_state.get(f"active-{run.id}")
-    st.session_state[f"active-{run.id}"] = run.active
-    if was_active and not run.active:
-        st.rerun(scope="app")  # the run ended: refresh the whole page (the model pickers elsewhere too)
+        st.json(view.run.config.to_json())
 
 
 def main() -> None:
@@ -113,13 +121,17 @@ def main() -> None:
     with right:
         if run_id is None:
             st.info("No run yet: choose a variant and press Start.")
-        else:
-            try:
-                active = lab.store().get(run_id).active
-            except StoreError:
-                active = False
-            # re-read the store every second while the run is queued or training; a finished run stays still
-            st.fragment(live, run_every=1.0 if active else None)(run_id)
+            return
+        try:
+            view = live.watch(run_id)
+        except StoreError as e:
+            st.error(str(e))
+            return
+        active = view.run.active
+        # Only the status line refreshes on a timer (every second, longer when the server is busy); the charts
+        # below are drawn by the page run and so are sent again only when the run gains an epoch.
+        st.fragment(status, run_every=live.pace.interval() if active else None)(run_id, len(view.epochs), active)
+        charts(view)
 
 
 main()

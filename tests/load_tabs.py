@@ -1,0 +1,234 @@
+"""How many browser tabs can watch one live run on the Train page: a bounded load measurement, not a test.
+
+Starts `streamlit run dashboard/Home.py` on a loopback port over a fresh run store, opens N tabs of Debian's
+Chromium on /Train?run=1, then trains a small real run (Model2, 6,000 images) into that store. Each tab notes,
+in the page itself, when its "N epoch(s) recorded" caption first shows each epoch and every change of its
+progress line; this script polls the store for the time each epoch row appears. Reports, per tab, the lag
+of each epoch (shown - written), the longest wait between two progress updates, and the server's own CPU
+and RSS (/proc of the streamlit process; the browser shares the machine).
+
+    MNIST_ROOT=/work/shared .venv/bin/python tests/load_tabs.py --tabs 20 --json before.json
+    ... --root /tmp/other-checkout   # serve another checkout of the project (e.g. the previous commit)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# Runs in every tab before the page loads: records (Date.now() ms) the first time each epoch count shows in
+# the caption, and every change of the progress line. Checks are batched: at most one per 50 ms per tab.
+WATCHER = r"""
+window.__epochs = {}; window.__progress = []; let pending = false, last = "";
+function check() {
+  pending = false;
+  const now = Date.now();
+  for (const el of document.querySelectorAll('[data-testid="stCaptionContainer"]')) {
+    const m = el.textContent.match(/(\d+) epoch\(s\) recorded/);
+    if (m && !(m[1] in window.__epochs)) window.__epochs[m[1]] = now;
+  }
+  const bar = document.querySelector('[data-testid="stProgress"]');
+  const text = bar ? bar.textContent : "";
+  if (text && text !== last) { last = text; window.__progress.push([now, text]); }
+}
+new MutationObserver(() => { if (!pending) { pending = true; setTimeout(check, 50); } })
+  .observe(document, {subtree: true, childList: true, characterData: true});
+setInterval(check, 500);
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_sample(pid: int) -> tuple[float, int]:
+    """(CPU seconds used so far, resident set in bytes) of one process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    with open(f"/proc/{pid}/statm") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return cpu, rss
+
+
+def start_server(root: Path, db_url: str, folder: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "MNIST_LAB_DB": db_url}
+    log = open(folder / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
+         "--browser.gatherUsageStats", "false"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, base
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit(f"streamlit did not start: {(folder / 'streamlit.log').read_text()[-2000:]}") from None
+            time.sleep(0.5)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--tabs", type=int, default=20, help="browser tabs watching the run")
+    p.add_argument("--epochs", type=int, default=8, help="epochs of the watched run")
+    p.add_argument("--train-limit", type=int, default=3000, help="training images per epoch")
+    p.add_argument("--open-timeout", type=float, default=60.0, help="seconds for the tabs to show the run, at most")
+    p.add_argument("--budget", type=float, default=100.0, help="seconds of training watched, at most")
+    p.add_argument("--root", type=Path, default=ROOT, help="the project checkout to serve")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here as JSON")
+    a = p.parse_args()
+    t_start = time.monotonic()
+    load_before = os.getloadavg()[0]
+
+    sys.path.insert(0, str(a.root.resolve()))  # the store as the served checkout writes it
+    from playwright.sync_api import sync_playwright
+
+    from core.config import TrainConfig
+    from core.runs import RunStore
+
+    folder = Path(tempfile.mkdtemp(prefix="mnist-lab-load-"))
+    db_url = f"sqlite:///{folder / 'runs.db'}"
+    store = RunStore(db_url)
+    run_id = store.create_run(TrainConfig(model="Model2", epochs=a.epochs, train_limit=a.train_limit, test_limit=1000))
+    server, base = start_server(a.root, db_url, folder)
+    trainer = None
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.add_init_script(WATCHER)
+            pages = []
+            for _ in range(a.tabs):  # all tabs connect at once, as a class opening the link would
+                pg = context.new_page()
+                pg.set_default_timeout(60_000)
+                pg.goto(f"{base}/Train?run={run_id}", wait_until="commit")
+                pages.append(pg)
+            open_by = time.monotonic() + a.open_timeout
+            while time.monotonic() < open_by:
+                loaded = sum(pg.evaluate("'0' in window.__epochs") for pg in pages)
+                if loaded == a.tabs:
+                    break
+                pages[0].wait_for_timeout(500)
+            open_s = time.monotonic() - t_start
+            print(f"{loaded} of {a.tabs} tabs showed the run after {open_s:.1f} s; training starts", flush=True)
+            deadline = time.monotonic() + a.budget
+
+            written: dict[int, float] = {}  # epoch -> unix time its row was first seen in the store
+            done = threading.Event()
+
+            def poll_store() -> None:
+                while not done.is_set():
+                    now = time.time()
+                    for r in store.epochs(run_id):
+                        written.setdefault(r["epoch"], now)
+                    time.sleep(0.1)
+
+            samples: list[tuple[float, float, int]] = []  # (monotonic, server cpu s, server rss bytes)
+
+            def poll_server() -> None:
+                while not done.is_set():
+                    samples.append((time.monotonic(), *proc_sample(server.pid)))
+                    time.sleep(1.0)
+
+            threads = [threading.Thread(target=f, daemon=True) for f in (poll_store, poll_server)]
+            for t in threads:
+                t.start()
+            cmd = [sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", db_url, "--quiet"]
+            if os.environ.get("MNIST_ROOT"):
+                cmd += ["--data", os.environ["MNIST_ROOT"]]
+            trainer = subprocess.Popen(cmd, cwd=a.root, stdout=open(folder / "train.log", "wb"), stderr=subprocess.STDOUT)
+            t_train = time.monotonic()
+            # keep the browser's event loop turning (the watcher runs in the pages themselves)
+            while trainer.poll() is None and time.monotonic() < deadline:
+                pages[0].wait_for_timeout(1000)
+            train_s = time.monotonic() - t_train
+            # a tab that lags gets up to 10 s more to show the last epoch written
+            catch_up = time.monotonic() + 10
+            last = max(written, default=0)
+            while time.monotonic() < catch_up:
+                if all(pg.evaluate(f"String({last}) in window.__epochs") for pg in pages):
+                    break
+                pages[0].wait_for_timeout(500)
+            done.set()
+            for t in threads:
+                t.join()
+            tabs = [pg.evaluate("[window.__epochs, window.__progress]") for pg in pages]
+            browser.close()
+    finally:
+        if trainer and trainer.poll() is None:
+            trainer.terminate()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    lags: list[float] = []
+    per_tab = []
+    for epochs_seen, progress in tabs:
+        seen = {int(k): v / 1000 for k, v in epochs_seen.items()}
+        tab_lags = {e: round(seen[e] - w, 2) for e, w in written.items() if e in seen}
+        missed = sorted(e for e in written if e not in seen)
+        times = [t / 1000 for t, _ in progress]
+        gaps = [b - a_ for a_, b in zip(times, times[1:], strict=False)]
+        lags += tab_lags.values()
+        per_tab.append({"max_lag_s": max(tab_lags.values(), default=None), "missed_epochs": missed,
+                        "progress_updates": len(progress), "longest_gap_s": round(max(gaps, default=0.0), 1)})
+    cpu_window = [s for s in samples if s[0] >= t_train]
+    cpu = (cpu_window[-1][1] - cpu_window[0][1]) / (cpu_window[-1][0] - cpu_window[0][0]) if len(cpu_window) > 1 else None
+    epoch_s = [written[e] - written[e - 1] for e in sorted(written) if e - 1 in written]
+    report = {
+        "tabs": a.tabs,
+        "tabs_loaded": loaded,
+        "open_s": round(open_s, 1),
+        "epochs_written": len(written),
+        "seconds_per_epoch": round(statistics.mean(epoch_s), 2) if epoch_s else None,
+        "training_s": round(train_s, 1),
+        "epoch_lag_s": {
+            "median": round(statistics.median(lags), 2) if lags else None,
+            "p90": round(sorted(lags)[round(0.9 * (len(lags) - 1))], 2) if lags else None,
+            "max": round(max(lags), 2) if lags else None,
+        },
+        "tab_epochs_missed": sum(len(t["missed_epochs"]) for t in per_tab),
+        "tabs_within_2s": sum(1 for t in per_tab if not t["missed_epochs"] and (t["max_lag_s"] or 0) <= 2.0),
+        "server_cpu_cores": round(cpu, 2) if cpu is not None else None,
+        "server_rss_mb_peak": round(max(s[2] for s in samples) / 2**20) if samples else None,
+        "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # at start, at end
+        "per_tab": per_tab,
+        "log": str(folder / "streamlit.log"),
+    }
+    text = json.dumps(report, indent=1)
+    print(text)
+    if a.json:
+        a.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""Watching a run live: the Train page reads a run and its epochs so they agree, every session shares one read
+of the store per interval, refreshes back off on a busy server, and every tab on a live run sees every epoch."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.config import TrainConfig
+from core.runs import RunStore
+
+ROOT = Path(__file__).resolve().parent.parent
+HOME = str(ROOT / "dashboard" / "Home.py")
+sys.path.insert(0, str(ROOT / "dashboard"))
+
+import live  # noqa: E402
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> RunStore:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    monkeypatch.setenv("MNIST_LAB_DB", url)
+    return RunStore(url)
+
+
+def epoch(n: int, test_acc: float) -> SimpleNamespace:
+    """What the training loop hands the store after epoch n (an EpochResult's fields)."""
+    return SimpleNamespace(epoch=n, train_loss=0.5 / n, train_acc=test_acc - 1, test_loss=0.4 / n, test_acc=test_acc,
+                           lr=0.01, seconds=2.0)
+
+
+def train_page(run_id: int) -> AppTest:
+    at = AppTest.from_file(HOME, default_timeout=60)
+    at.query_params["run"] = str(run_id)
+    at.switch_page("views/Train.py")
+    return at.run()
+
+
+def test_train_page_takes_the_best_from_the_epochs_it_shows(store):
+    """The run row's best_test_acc can lag its epoch rows (read apart, at an epoch boundary): the page used to
+    format that None and fail with a TypeError."""
+    run_id = store.create_run(TrainConfig(model="Model2", epochs=4))
+    store.claim(run_id, os.getpid())
+    store.add_epoch(run_id, epoch(1, 97.25))
+    store.add_epoch(run_id, epoch(2, 98.5))
+    store.update(run_id, best_test_acc=None)  # the run row as read just before its epoch's transaction
+    at = train_page(run_id)
+    assert not at.exception, at.exception
+    assert any(c.value == "2 epoch(s) recorded · best test 98.50%" for c in at.caption), [c.value for c in at.caption]
+    store.finish(run_id, "finished")
+
+
+def test_a_run_with_no_epochs_shows_no_best(store):
+    run_id = store.create_run(TrainConfig(model="Model2", epochs=4))
+    store.update(run_id, best_test_acc=99.0)  # a stale copy with no epoch rows behind it
+    at = train_page(run_id)
+    assert not at.exception, at.exception
+    assert any(c.value == "0 epoch(s) recorded" for c in at.caption), [c.value for c in at.caption]
+
+
+def test_a_run_and_its_epochs_are_read_to_agree(store):
+    """An epoch recorded between reading the epochs and reading the run is read too, so the count and the best
+    shown come from the same rows."""
+    run_id = store.create_run(TrainConfig(model="Model2", epochs=4))
+    store.add_epoch(run_id, epoch(1, 97.0))
+
+    class EpochLandsBetweenReads:
+        def __init__(self):
+            self.landed = False
+
+        def epochs(self, rid):
+            rows = store.epochs(rid)
+            if not self.landed:
+                self.landed = True
+                store.add_epoch(rid, epoch(2, 98.0))
+            return rows
+
+        def get(self, rid):
+            return store.get(rid)
+
+    view = live.read_run(EpochLandsBetweenReads(), run_id)
+    assert view.run.epoch == len(view.epochs) == 2
+    assert view.best_test_acc == 98.0
+
+
+def test_sessions_watching_a_run_share_one_read_per_interval(store):
+    run_id = store.create_run(TrainConfig(model="Model2", epochs=4))
+
+    class CountingStore:
+        url = store.url
+        reconciles = 0
+
+        def reconcile(self):
+            self.reconciles += 1
+            return store.reconcile()
+
+        def get(self, rid):
+            return store.get(rid)
+
+        def epochs(self, rid):
+            return store.epochs(rid)
+
+    counting = CountingStore()
+    reads = live.SharedReads(ttl=0.5, reconcile_s=60)
+    views = []
+    sessions = [threading.Thread(target=lambda: views.append(reads.view(counting, run_id))) for _ in range(20)]
+    for t in sessions:
+        t.start()
+    for t in sessions:
+        t.join()
+    assert len(views) == 20 and reads.reads == 1 and counting.reconciles == 1
+    store.add_epoch(run_id, epoch(1, 97.0))
+    assert reads.view(counting, run_id).epochs == []  # still the shared read
+    time.sleep(0.6)
+    assert len(reads.view(counting, run_id).epochs) == 1 and reads.reads == 2 and counting.reconciles == 1
+
+
+def test_refreshes_back_off_when_they_get_slow():
+    pace = live.Pace()
+    assert pace.interval() == live.REFRESH_S
+    for _ in range(10):
+        pace.record(0.01)
+    assert pace.interval() == live.REFRESH_S
+    for _ in range(20):
+        pace.record(0.3)
+    assert pace.interval() == pytest.approx(3.0)
+    for _ in range(50):
+        pace.record(2.0)
+    assert pace.interval() == live.MAX_REFRESH_S
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian's Chromium is not installed")
+def test_every_tab_on_a_live_run_sees_every_epoch(store, tmp_path):
+    """Four tabs on one run while this test records three epochs, one every 4 s, as a training process would."""
+    from load_tabs import ARGS, CHROMIUM, WATCHER, start_server
+    from playwright.sync_api import sync_playwright
+
+    run_id = store.create_run(TrainConfig(model="Model2", epochs=3))
+    assert store.claim(run_id, os.getpid())  # this test process "trains"
+    server, base = start_server(ROOT, store.url, tmp_path)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.add_init_script(WATCHER)
+            tabs = [context.new_page() for _ in range(4)]
+            for tab in tabs:
+                tab.set_default_timeout(60_000)
+                tab.goto(f"{base}/Train?run={run_id}")
+            for tab in tabs:
+                tab.get_by_text("0 epoch(s) recorded").wait_for()
+            for n in (1, 2, 3):
+                store.add_epoch(run_id, epoch(n, 95.0 + n))
+                tabs[0].wait_for_timeout(4000)
+            store.finish(run_id, "finished")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not all(t.evaluate("'3' in window.__epochs") for t in tabs):
+                tabs[0].wait_for_timeout(500)
+            seen = [sorted(int(k) for k in t.evaluate("window.__epochs")) for t in tabs]
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert seen == [[0, 1, 2, 3]] * 4
