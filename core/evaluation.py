@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from core.predict import probabilities
+from core.inference import probabilities
 
 
 @dataclass

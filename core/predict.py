@@ -1,4 +1,4 @@
-"""Reading a digit from any picture the way MNIST was made, and asking a model what it is.
+"""Reading a digit from any picture the way MNIST was made (asking a model about it: core.inference).
 
 MNIST's recipe (LeCun et al.): crop to the ink, scale the longer side to 20 px keeping the aspect
 ratio, then place it in a 28x28 field so that its centre of mass sits at the centre.
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from scipy import ndimage
 
 from core.data import MEAN, STD
 
@@ -146,15 +146,11 @@ def ink_map(image: np.ndarray) -> np.ndarray:
     return ink / peak
 
 
-def _components(mask: torch.Tensor) -> torch.Tensor:
-    """8-connected component labels of a boolean (H, W) mask: 0 off the mask, else the largest flat index
-    + 1 of the component (label propagation by 3x3 max-pooling until nothing changes)."""
-    labels = torch.where(mask, torch.arange(1, mask.numel() + 1, dtype=torch.float64).view(mask.shape), 0.0)
-    while True:
-        grown = torch.where(mask, F.max_pool2d(labels[None, None], 3, 1, 1)[0, 0], 0.0)
-        if torch.equal(grown, labels):
-            return labels.long()
-        labels = grown
+def _blocks(a: np.ndarray, f: int, reduce) -> np.ndarray:
+    """(H, W) -> (ceil(H/f), ceil(W/f)): `reduce` (np.sum, np.max) over each f x f block, zero-padded at the edges."""
+    h, w = a.shape
+    padded = np.pad(a, ((0, -h % f), (0, -w % f)))
+    return reduce(padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f), axis=(1, 3))
 
 
 def drop_stray_marks(ink: np.ndarray) -> np.ndarray:
@@ -165,51 +161,39 @@ def drop_stray_marks(ink: np.ndarray) -> np.ndarray:
     Found on a grid of at most MARK_GRID cells a side (each cell: the ink of a block of pixels), so marks
     a block apart count as one, and any picture size costs about the same.
     """
-    h, w = ink.shape
-    f = -(-max(h, w) // MARK_GRID)  # block side
-    t = torch.from_numpy(np.ascontiguousarray(ink, dtype=np.float32))
-    cells = F.avg_pool2d(t[None, None], f, f, ceil_mode=True)[0, 0] * (f * f)  # ink per block (padding adds 0)
-    marked = F.max_pool2d(t[None, None], f, f, ceil_mode=True)[0, 0] > INK_THRESHOLD
-    labels = _components(marked)
-    ids, inverse = torch.unique(labels, return_inverse=True)
-    if len(ids) <= 2:  # background and one mark
+    f = -(-max(ink.shape) // MARK_GRID)  # block side
+    cells = _blocks(ink.astype(np.float64), f, np.sum)
+    labels, n = ndimage.label(_blocks(ink, f, np.max) > INK_THRESHOLD, structure=np.ones((3, 3)))  # 8-connected
+    if n <= 1:
         return ink
-    cell_id = inverse.flatten()
-    mass = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, cell_id, cells.flatten().double())
-    mass[0] = -1.0  # background
-    ys, xs = (v.flatten() for v in torch.meshgrid(torch.arange(labels.shape[0]), torch.arange(labels.shape[1]), indexing="ij"))
-    big = labels.numel()
-    top = torch.full((len(ids),), big).scatter_reduce(0, cell_id, ys, "amin")
-    bottom = torch.full((len(ids),), -1).scatter_reduce(0, cell_id, ys, "amax")
-    left = torch.full((len(ids),), big).scatter_reduce(0, cell_id, xs, "amin")
-    right = torch.full((len(ids),), -1).scatter_reduce(0, cell_id, xs, "amax")
+    ids = np.arange(1, n + 1)
+    mass = ndimage.sum_labels(cells, labels, ids)
+    # (top, bottom, left, right) of each mark, in cells, inclusive
+    boxes = np.array([(r.start, r.stop - 1, c.start, c.stop - 1) for r, c in ndimage.find_objects(labels)])
+    top, bottom, left, right = boxes.T
     main = int(mass.argmax())
     size = max(bottom[main] - top[main], right[main] - left[main]) + 1
-    gap_y = torch.clamp(torch.maximum(top[main] - bottom, top - bottom[main]), min=0)
-    gap_x = torch.clamp(torch.maximum(left[main] - right, left - right[main]), min=0)
-    gap = torch.sqrt((gap_y**2 + gap_x**2).double()) / size  # 0 for marks touching or inside the digit's box
-    share = mass / mass[main]
-    stray = gap > STRAY_GAP_PER_INK * share
-    stray[0] = False
-    if not bool(stray.any()):
+    gap_y = np.maximum(np.maximum(top[main] - bottom, top - bottom[main]), 0)
+    gap_x = np.maximum(np.maximum(left[main] - right, left - right[main]), 0)
+    gap = np.hypot(gap_y, gap_x) / size  # 0 for marks touching or inside the digit's box
+    stray = gap > STRAY_GAP_PER_INK * mass / mass[main]
+    if not stray.any():
         return ink
-    keep = ~stray[inverse]  # per grid cell
-    keep = keep.repeat_interleave(f, 0).repeat_interleave(f, 1)[:h, :w].numpy()
+    keep = ~np.concatenate([[False], stray])[labels]  # per grid cell (label 0, no ink, is kept too)
+    keep = keep.repeat(f, 0).repeat(f, 1)[: ink.shape[0], : ink.shape[1]]
     return ink * keep
 
 
-def _ink_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right), inclusive, of the True pixels of a boolean mask."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+def _ink_box(mask: np.ndarray) -> tuple[slice, slice]:
+    """(rows, columns) slices of the box holding the True pixels of a boolean mask."""
+    return ndimage.find_objects(mask.view(np.uint8))[0]
 
 
 def stroke_width(mask: np.ndarray) -> float:
     """Mean stroke width (pixels) of a boolean mask: twice its area over its boundary length (a stroke
     of length L and width w has area L*w and two edges of length L)."""
-    inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
     area = int(mask.sum())
-    boundary = area - int(inner.sum())
+    boundary = area - int(ndimage.binary_erosion(mask).sum())  # pixels with a 4-neighbour off the mask or outside
     return 2.0 * area / max(boundary, 1)
 
 
@@ -218,24 +202,21 @@ def thicken_thin_strokes(ink: np.ndarray) -> np.ndarray:
     the digit's size (to STROKE_TARGET); MNIST-like strokes are left alone. A large picture is first
     max-pooled to at most THICKEN_SIDE a side (which keeps hairlines), so the filter stays cheap."""
     mask = ink > INK_THRESHOLD
-    top, bottom, left, right = _ink_box(mask)
-    size = max(bottom - top, right - left) + 1
-    width = stroke_width(np.pad(mask, 1))
+    size = max(s.stop - s.start for s in _ink_box(mask))
+    width = stroke_width(mask)
     if width >= STROKE_MIN * size:
         return ink
-    t = torch.from_numpy(np.ascontiguousarray(ink, dtype=np.float32))[None, None]
     f = -(-max(ink.shape) // THICKEN_SIDE)
     if f > 1:
-        t = F.max_pool2d(t, f, f, ceil_mode=True)
+        ink = _blocks(ink, f, np.max)
         size, width = size / f, max(width / f, 1.0)
     k = 2 * max(1, round((STROKE_TARGET * size - width) / 2)) + 1  # odd window: widens by k - 1 pixels
-    return F.max_pool2d(t, k, 1, k // 2)[0, 0].numpy()
+    return ndimage.maximum_filter(ink, size=k, mode="constant")  # ink >= 0, so the zero border never wins
 
 
 def centre_in_field(ink: np.ndarray) -> np.ndarray:
     """Ink map (H, W) in 0..1 -> (28, 28) float in 0..1, MNIST-style crop, scale and centre of mass."""
-    top, bottom, left, right = _ink_box(ink > INK_THRESHOLD)
-    crop = ink[top : bottom + 1, left : right + 1]
+    crop = ink[_ink_box(ink > INK_THRESHOLD)]
     h, w = crop.shape
     scale = BOX / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -243,9 +224,7 @@ def centre_in_field(ink: np.ndarray) -> np.ndarray:
     # antialias only matters when shrinking; it averages a big stroke instead of sampling it
     small = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)[0, 0]
     small = small.clamp(0, 1).numpy()
-    total = small.sum()
-    ys, xs = np.indices(small.shape)
-    cy, cx = (ys * small).sum() / total, (xs * small).sum() / total
+    cy, cx = ndimage.center_of_mass(small)
     # put the centre of mass on the field's centre, but never push ink off the field
     top = int(np.clip(round(FIELD / 2 - 0.5 - cy), 0, FIELD - small.shape[0]))
     left = int(np.clip(round(FIELD / 2 - 0.5 - cx), 0, FIELD - small.shape[1]))
@@ -285,39 +264,3 @@ def preprocess(image: np.ndarray) -> torch.Tensor:
 def as_picture(x: torch.Tensor) -> np.ndarray:
     """A normalised (1, 1, 28, 28) input back to the uint8 28x28 picture the model sees."""
     return (x[0, 0] * STD + MEAN).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
-
-
-@torch.no_grad()
-def probabilities(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Softmax over the ten digits for a batch (N, 1, 28, 28) -> (N, 10), model left as it was."""
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        return F.softmax(model(x.to(device)), dim=1).cpu().numpy()
-    finally:
-        model.train(was_training)
-
-
-def predict(model: nn.Module, image: np.ndarray) -> np.ndarray:
-    """The ten digit probabilities (shape (10,), summing to 1) for a picture of one digit."""
-    return probabilities(model, preprocess(image))[0]
-
-
-@torch.no_grad()
-def feature_maps(model: nn.Module, x: torch.Tensor) -> list[tuple[str, np.ndarray]]:
-    """(block name, activations (C, H, W)) after the ReLU of every conv block, in forward order, for one input."""
-    names = {m: n for n, m in model.named_modules()}
-    found: list[tuple[str, np.ndarray]] = []
-
-    def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
-        parent = names[module].rpartition(".")[0]  # "net.convblock1.1" -> "net.convblock1"
-        found.append((parent.removeprefix("net."), output[0].detach().cpu().numpy().copy()))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
-    try:
-        probabilities(model, x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return found

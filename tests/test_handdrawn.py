@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.predict import preprocess, probabilities
+from core.inference import probabilities
+from core.predict import preprocess
 from core.reference import load_reference_model, reference_names
 from tests.conftest import dot
 

@@ -1,4 +1,4 @@
-"""core.predict: MNIST-style preprocessing of any picture, and predictions that survive it."""
+"""core.predict and core.inference: MNIST-style preprocessing of any picture, and predictions that survive it."""
 
 from __future__ import annotations
 
@@ -11,16 +11,8 @@ import torch
 from PIL import Image
 
 from core.data import FILES, MEAN, STD
-from core.predict import (
-    EmptyImageError,
-    as_picture,
-    decode_picture,
-    feature_maps,
-    predict,
-    preprocess,
-    probabilities,
-    read_picture,
-)
+from core.inference import feature_maps, predict, probabilities
+from core.predict import EmptyImageError, as_picture, decode_picture, preprocess, read_picture
 from tests.conftest import dot
 
 CANVAS = 280
@@ -213,12 +205,14 @@ def test_wrong_dtype_or_shape_is_refused(bad, message):
     assert not isinstance(info.value, EmptyImageError)
 
 
-def test_feature_maps_cover_every_conv_block():
+@pytest.mark.parametrize("name, first, last", [("Model3", (8, 26, 26), (12, 4, 4)), ("Model1", (32, 26, 26), (64, 4, 4))])
+def test_feature_maps_cover_every_conv_block(name, first, last):
     from core.models import build_model
 
-    maps = feature_maps(build_model("Model3"), preprocess(stroke_picture()))
+    maps = feature_maps(build_model(name), preprocess(stroke_picture()))  # Model1 holds its blocks in .net
     assert [name for name, _ in maps] == [f"convblock{i}" for i in range(1, 8)]
-    assert maps[0][1].shape == (8, 26, 26) and maps[-1][1].shape == (12, 4, 4)
+    assert maps[0][1].shape == first and maps[-1][1].shape == last
+    assert min(m.min() for _, m in maps) >= 0  # taken after the ReLU
 
 
 # ---- real digits, a trained model -------------------------------------------------------------

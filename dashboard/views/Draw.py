@@ -7,7 +7,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.predict import EmptyImageError, as_picture, decode_picture, probabilities, read_picture
+from core.inference import probabilities
+from core.predict import EmptyImageError, as_picture, decode_picture, read_picture
 from core.runs import StoreError
 
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024

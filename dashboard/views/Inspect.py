@@ -10,8 +10,9 @@ import streamlit as st
 
 from core.architecture import receptive_field_table
 from core.data import DataError
+from core.inference import feature_maps
 from core.models import MODELS, build_model
-from core.predict import as_picture, feature_maps
+from core.predict import as_picture
 from core.runs import StoreError
 
 
