@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 
+from tqdm import tqdm
+
 from core.config import ConfigError, TrainConfig, recipe
 from core.data import DataError, load_mnist
+from core.ray_exec import RayError, ray_address, submit_run
 from core.runs import RunStore, StoreError
+from core.train import EpochResult, fit_to_data, pick_device
+from core.worker import execute_run
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 1, 2, 3
 FIELD_HELP = {
@@ -82,9 +88,6 @@ def format_epoch(r, epochs: int) -> str:
 
 def follow_on_ray(store: RunStore, run_id: int, config: TrainConfig, data: str | None, address: str, on_epoch) -> str:
     """Submit the run to Ray and print its epochs from the store until it ends; Ctrl-C asks it to stop."""
-    from core.ray_exec import submit_run
-    from core.train import EpochResult
-
     submit_run(run_id, store.url, data, address, config.device)
     print(f"run {run_id} submitted to Ray at {address}; Ctrl-C asks it to stop", flush=True)
     printed = 0
@@ -104,7 +107,6 @@ def follow_on_ray(store: RunStore, run_id: int, config: TrainConfig, data: str |
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from core.worker import execute_run  # imported late so --help answers fast
 
     def fail(msg: str, code: int) -> int:
         print(f"error: {msg}", file=sys.stderr)
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         store = RunStore(args.runs)
+        store.reconcile()
         if args.run_id is not None:
             explicit = [f.name for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None]
             if explicit or args.recipe:
@@ -120,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             config = store.get(run_id).config
         else:
             config = config_from_args(args)
-            load_mnist(args.data)  # a missing dataset is bad input: refuse before recording a run
-            run_id = store.create_run(config, label=args.label)
+            pick_device(config.device)  # refuse before recording a run: no data, no device, a batch too big
+            for note in fit_to_data(config, load_mnist(args.data)):
+                print(f"note: {note}", flush=True)
+            run_id = store.create_run(config, label=args.label, params=config.parameter_count(), pid=os.getpid())
     except (ConfigError, StoreError, DataError) as e:
         return fail(str(e), EXIT_BAD_INPUT)
 
@@ -134,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         if not use_bar:
             return
         if bar is None:
-            from tqdm import tqdm
-
             bar = tqdm(total=total, leave=False, unit="batch", dynamic_ncols=True)
         bar.update(done - bar.n)
 
@@ -147,15 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         print(format_epoch(r, config.epochs), flush=True)
 
     t0 = time.perf_counter()
-    from core.ray_exec import ray_address
-
     address = ray_address() if args.ray is None else (None if args.ray.lower() == "none" else args.ray)
     try:
         if address:
             status = follow_on_ray(store, run_id, config, args.data, address, on_epoch)
         else:
             status = execute_run(run_id, store.url, args.data, only_if_queued=args.if_queued, on_epoch=on_epoch, on_batch=on_batch)
-    except (DataError, StoreError) as e:
+    except (DataError, StoreError, RayError) as e:
         return fail(str(e), EXIT_BAD_INPUT)
     finally:
         if bar is not None:

@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import dataclass, fields
 
-from core.models import MODELS
+from core.models import MODELS, build_model, count_parameters
 
 
 class ConfigError(ValueError):
@@ -57,6 +57,7 @@ class TrainConfig:
             need(not isinstance(value, float) or math.isfinite(value), f"{f.name} must be a finite number, got {value}")
         need(self.model in MODELS, f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -73,6 +74,10 @@ class TrainConfig:
         need(self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}")
         need(self.train_limit >= 0 and self.test_limit >= 0, "train_limit and test_limit must be >= 0")
         return self
+
+    def parameter_count(self) -> int:
+        """Trainable parameters of the model this config trains."""
+        return count_parameters(build_model(self.model, self.dropout))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

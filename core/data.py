@@ -61,7 +61,14 @@ def read_idx(path: Path, kind: str) -> torch.Tensor:
         raise DataError(
             f"{path} is truncated or corrupt: header promises {dims} ({expected} bytes), file has {len(blob)} bytes"
         )
-    return torch.frombuffer(bytearray(blob), dtype=torch.uint8, offset=header).reshape(dims)
+    if kind == "images" and dims[1:] != [28, 28]:
+        raise DataError(f"{path} holds {dims[1]}x{dims[2]} images; MNIST's are 28x28: replace it with the original MNIST file")
+    if dims[0] == 0:
+        raise DataError(f"{path} holds no {kind}: replace it with the original MNIST file")
+    data = torch.frombuffer(bytearray(blob), dtype=torch.uint8, offset=header).reshape(dims)
+    if kind == "labels" and int(data.max()) > 9:
+        raise DataError(f"{path} has label {int(data.max())}; MNIST's labels are 0-9: replace it with the original MNIST file")
+    return data
 
 
 def _missing(root: Path) -> list[str]:

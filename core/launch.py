@@ -33,7 +33,9 @@ def start_run(
     """Record a new run and launch its training process, detached from the caller; returns the run id.
     `ray` (default $MNIST_LAB_RAY): a Ray address to run it on the cluster instead of a local subprocess."""
     address = ray or ray_exec.ray_address()
-    run_id = store.create_run(config, label=label)
+    store.reconcile()  # a slot held by a process that died is freed before this run queues for it
+    # This process answers for the run until its training process takes over (Ray's queue owns it on Ray).
+    run_id = store.create_run(config, label=label, params=config.parameter_count(), pid=None if address else os.getpid())
     if address:
         try:
             ray_exec.submit_run(run_id, store.url, data_root, address, config.device, only_if_queued=True)

@@ -12,6 +12,10 @@ import json
 import os
 import socket
 import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +52,8 @@ runs_table = sa.Table(
     sa.Column("params", sa.Integer),
     sa.Column("best_test_acc", sa.Float),
     sa.Column("sweep", sa.String(64)),  # sweep id when the run is a sweep trial
+    sa.Column("uid", sa.String(32)),  # unique per run: names its checkpoint folder, so no other store's files match
+    sa.Column("saved_epoch", sa.Integer, nullable=False, server_default="0"),  # epoch of the newest 'last' checkpoint
 )
 epochs_table = sa.Table(
     "epochs",
@@ -76,11 +82,14 @@ schema_table = sa.Table(
 )
 sa.Index("runs_status", runs_table.c.status)
 sa.Index("runs_sweep", runs_table.c.sweep)
-SCHEMA_VERSION = 1  # bump with a schema change; an older store gets missing columns by ALTER TABLE ... ADD COLUMN
+SCHEMA_VERSION = 2  # bump with a schema change; an older store gets missing columns by ALTER TABLE ... ADD COLUMN
 
 
 class StoreError(RuntimeError):
     """The store cannot be opened or a run/checkpoint is missing or unreadable."""
+
+
+RESUME_KEYS = ("model", "optimizer", "scheduler", "epochs_done", "best_test_acc", "config")  # Trainer.state_dict()
 
 
 @dataclass
@@ -104,6 +113,8 @@ class Run:
     params: int | None
     best_test_acc: float | None
     sweep: str | None
+    uid: str | None
+    saved_epoch: int
 
     @property
     def progress(self) -> float:
@@ -179,10 +190,12 @@ class RunStore:
             except OSError as e:
                 raise StoreError(f"cannot create the run store folder {db.parent}: {e.strerror}") from None
             self.folder = db.parent / f"{db.stem}.checkpoints"  # one sub-folder per run
+            self.where = str(db)
             self.engine = sa.create_engine(url, connect_args={"timeout": 30})
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.folder = None
+            self.where = self.safe_url
             try:
                 self.engine = sa.create_engine(
                     url, pool_pre_ping=True, pool_size=2, max_overflow=4, connect_args=_connect_args(url)
@@ -190,46 +203,70 @@ class RunStore:
             except (ImportError, sa.exc.ArgumentError) as e:
                 raise StoreError(f"cannot use the run store URL {self.safe_url}: {_one_line(e)} "
                                  "(PostgreSQL needs `pip install 'psycopg[binary]'`)") from None
-        try:
-            self._create_or_upgrade_schema()
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
-            raise StoreError(f"cannot open the run store at {self.safe_url}: {_one_line(e.orig or e)}") from None
+        self._uids: dict[int, str | None] = {}  # run id -> uid, fixed for a run's life
+        self._reconciled_at = 0.0
+        with self._tx() as c:
+            self._create_or_upgrade_schema(c)
 
-    def _create_or_upgrade_schema(self) -> None:
-        """Create missing tables, add columns newer code expects (additive ALTERs only), record the version.
-        On PostgreSQL an advisory lock makes concurrent workers opening a fresh database take turns."""
-        with self.engine.begin() as c:
-            if c.dialect.name == "postgresql":
-                c.execute(sa.text("SELECT pg_advisory_xact_lock(7240331)"))
-            metadata.create_all(c)
-            have = {t: {col["name"] for col in sa.inspect(c).get_columns(t)} for t in metadata.tables}
-            for table in metadata.tables.values():
-                for col in table.columns:
-                    if col.name not in have[table.name]:
-                        kind = col.type.compile(dialect=c.dialect)
-                        c.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}'))
-                for index in table.indexes:
-                    index.create(c, checkfirst=True)
-            version = c.execute(sa.select(sa.func.max(schema_table.c.version))).scalar()
-            if version is None:
-                c.execute(schema_table.insert().values(version=SCHEMA_VERSION))
-            elif version > SCHEMA_VERSION:
-                raise StoreError(f"the run store at {self.safe_url} has schema version {version}, newer than this "
-                                 f"code's {SCHEMA_VERSION}: update the code")
-            elif version < SCHEMA_VERSION:
-                c.execute(schema_table.update().values(version=SCHEMA_VERSION))
+    @contextmanager
+    def _tx(self, write: bool = True) -> Iterator[sa.Connection]:
+        """A connection (in a transaction when `write`); any database error becomes one StoreError line
+        naming the store and what to do."""
+        try:
+            with self.engine.begin() if write else self.engine.connect() as c:
+                yield c
+        except sa.exc.DatabaseError as e:  # a damaged file, or one that is no database at all
+            what = _one_line(e.orig or e)
+            if self.is_sqlite and ("not a database" in what or "malformed" in what or "disk image" in what):
+                raise StoreError(f"the run store {self.where} is not a readable SQLite database ({what}): move it "
+                                 "aside, or point --runs / MNIST_LAB_DB at another file") from None
+            if isinstance(e, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+                raise StoreError(f"cannot open the run store at {self.safe_url}: {what}") from None
+            raise StoreError(f"the run store at {self.safe_url} failed: {what}") from None
+        except sa.exc.SQLAlchemyError as e:
+            raise StoreError(f"the run store at {self.safe_url} failed: {_one_line(e)}") from None
+
+    def _create_or_upgrade_schema(self, c: sa.Connection) -> None:
+        """Create missing tables, add columns newer code expects (additive ALTERs only, with their defaults
+        so old rows read as new ones would), record the version. On PostgreSQL an advisory lock makes
+        concurrent workers opening a fresh database take turns."""
+        if c.dialect.name == "postgresql":
+            c.execute(sa.text("SELECT pg_advisory_xact_lock(7240331)"))
+        metadata.create_all(c)
+        have = {t: {col["name"] for col in sa.inspect(c).get_columns(t)} for t in metadata.tables}
+        for table in metadata.tables.values():
+            for col in table.columns:
+                if col.name not in have[table.name]:
+                    kind = col.type.compile(dialect=c.dialect)
+                    default = f" NOT NULL DEFAULT {col.server_default.arg}" if col.server_default is not None else ""
+                    if isinstance(col.type, sa.Boolean) and default:
+                        default = " NOT NULL DEFAULT " + ("false" if c.dialect.name == "postgresql" else "0")
+                    c.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}{default}'))
+            for index in table.indexes:
+                index.create(c, checkfirst=True)
+        version = c.execute(sa.select(sa.func.max(schema_table.c.version))).scalar()
+        if version is None:
+            c.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+        elif version > SCHEMA_VERSION:
+            raise StoreError(f"the run store at {self.safe_url} has schema version {version}, newer than this "
+                             f"code's {SCHEMA_VERSION}: update the code")
+        elif version < SCHEMA_VERSION:
+            c.execute(schema_table.update().values(version=SCHEMA_VERSION))
 
     @property
     def safe_url(self) -> str:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
 
     # ---- runs -------------------------------------------------------------------------------
-    def create_run(self, config: TrainConfig, label: str = "", sweep: str | None = None) -> int:
-        from core.models import build_model, count_parameters
-
+    def create_run(
+        self, config: TrainConfig, label: str = "", sweep: str | None = None, *, params: int | None = None,
+        pid: int | None = None,
+    ) -> int:
+        """Record a queued run. `params`: the model's parameter count (the caller knows the model; the store
+        holds runs, not networks). `pid`: the local process answerable for the run until its training
+        process claims it; when that process dies first, `reconcile` marks the run interrupted."""
         config.validate()
-        params = count_parameters(build_model(config.model, config.dropout))
-        with self.engine.begin() as c:
+        with self._tx() as c:
             res = c.execute(
                 runs_table.insert().values(
                     model=config.model,
@@ -239,13 +276,16 @@ class RunStore:
                     created_at=time.time(),
                     params=params,
                     sweep=sweep,
+                    uid=uuid.uuid4().hex,
+                    pid=pid,
+                    host=socket.gethostname() if pid else None,
                 )
             )
             return int(res.inserted_primary_key[0])
 
     def get(self, run_id: int) -> Run:
-        self.reconcile()
-        with self.engine.connect() as c:
+        """The run as stored (a read: it writes nothing; see `reconcile`)."""
+        with self._tx(write=False) as c:
             row = c.execute(runs_table.select().where(runs_table.c.id == run_id)).mappings().first()
         if row is None:
             raise StoreError(f"no run {run_id} in {self.safe_url}")
@@ -255,7 +295,6 @@ class RunStore:
         self, status: str | None = None, sweep: str | None = None, limit: int | None = None, search: str = ""
     ) -> list[Run]:
         """Newest first; `search` keeps the runs it matches (see `_matching`)."""
-        self.reconcile()
         q = runs_table.select().order_by(runs_table.c.id.desc())
         if status:
             q = q.where(runs_table.c.status == status)
@@ -265,14 +304,14 @@ class RunStore:
             q = q.where(_matching(search))
         if limit:
             q = q.limit(limit)
-        with self.engine.connect() as c:
+        with self._tx(write=False) as c:
             return [_run(r) for r in c.execute(q).mappings()]
 
     def count_runs(self, search: str = "") -> int:
         q = sa.select(sa.func.count()).select_from(runs_table)
         if search.strip():
             q = q.where(_matching(search))
-        with self.engine.connect() as c:
+        with self._tx(write=False) as c:
             return c.execute(q).scalar_one()
 
     def best_by_model(self) -> dict[str, float]:
@@ -282,7 +321,7 @@ class RunStore:
             .where(runs_table.c.best_test_acc.is_not(None))
             .group_by(runs_table.c.model)
         )
-        with self.engine.connect() as c:
+        with self._tx(write=False) as c:
             return {model: best for model, best in c.execute(q)}
 
     def sweeps(self) -> list[str]:
@@ -293,11 +332,11 @@ class RunStore:
             .group_by(runs_table.c.sweep)
             .order_by(sa.func.max(runs_table.c.id).desc())
         )
-        with self.engine.connect() as c:
+        with self._tx(write=False) as c:
             return [r[0] for r in c.execute(q)]
 
     def update(self, run_id: int, **values) -> None:
-        with self.engine.begin() as c:
+        with self._tx() as c:
             c.execute(runs_table.update().where(runs_table.c.id == run_id).values(**values))
 
     def claim(
@@ -316,7 +355,7 @@ class RunStore:
             )
             cond = sa.and_(cond, running < max_running)
         now = time.time()
-        with self.engine.begin() as c:
+        with self._tx() as c:
             res = c.execute(
                 runs_table.update()
                 .where(cond)
@@ -330,7 +369,7 @@ class RunStore:
 
     def request_stop(self, run_id: int) -> None:
         """Ask a run to stop; a queued run that has not started is stopped at once."""
-        with self.engine.begin() as c:
+        with self._tx() as c:
             c.execute(
                 runs_table.update()
                 .where(runs_table.c.id == run_id, runs_table.c.status == "queued", runs_table.c.started_at.is_(None))
@@ -343,29 +382,35 @@ class RunStore:
             )
 
     def stop_requested(self, run_id: int) -> bool:
-        with self.engine.connect() as c:
+        with self._tx(write=False) as c:
             return bool(c.execute(sa.select(runs_table.c.stop_requested).where(runs_table.c.id == run_id)).scalar())
 
     def reconcile(self) -> int:
-        """Mark as interrupted the running runs whose process is gone: by pid on this host, by heartbeat
-        elsewhere. Returns how many were marked."""
+        """Mark as interrupted (resumable) the active runs whose process is gone: a running run by its pid
+        on this host or its heartbeat elsewhere; a queued run whose answerable process on this host (its
+        creator, or the process waiting for a slot) died. Returns how many were marked.
+
+        Reads never reconcile: the training process does at its start and while it waits for a slot, the
+        CLI and launcher before they start a run, and pages on their own schedule (`reconcile_if_due`)."""
         host = socket.gethostname()
-        with self.engine.connect() as c:
+        self._reconciled_at = time.monotonic()
+        with self._tx(write=False) as c:
             rows = c.execute(
                 sa.select(
-                    runs_table.c.id, runs_table.c.pid, runs_table.c.host, runs_table.c.heartbeat, runs_table.c.stop_requested
-                ).where(runs_table.c.status == "running")
+                    runs_table.c.id, runs_table.c.status, runs_table.c.pid, runs_table.c.host, runs_table.c.heartbeat,
+                    runs_table.c.stop_requested,
+                ).where(runs_table.c.status.in_(ACTIVE))
             ).all()
         dead = [
             r
             for r in rows
             if (r.host == host and r.pid and not pid_alive(r.pid))
-            or (r.host != host and (r.heartbeat or 0) < time.time() - HEARTBEAT_TIMEOUT)
+            or (r.status == "running" and r.host != host and (r.heartbeat or 0) < time.time() - HEARTBEAT_TIMEOUT)
         ]
         # A process that died after it was asked to stop (e.g. a sweep's trial actor torn down by Ray
         # while it was winding down) did what was asked: the run is stopped, with its saved epochs.
         if dead:
-            with self.engine.begin() as c:
+            with self._tx() as c:
                 for stop_was_asked, status, error in (
                     (False, "interrupted", "the training process died before finishing"),
                     (True, "stopped", None),
@@ -374,24 +419,32 @@ class RunStore:
                     if ids:
                         c.execute(
                             runs_table.update()
-                            .where(runs_table.c.id.in_(ids), runs_table.c.status == "running")
+                            .where(runs_table.c.id.in_(ids), runs_table.c.status.in_(ACTIVE))
                             .values(status=status, ended_at=time.time(), error=error)
                         )
         return len(dead)
 
+    def reconcile_if_due(self, seconds: float = 5.0) -> None:
+        """`reconcile`, unless this store object did so less than `seconds` ago (for pages that refresh often)."""
+        if time.monotonic() - self._reconciled_at >= seconds:
+            self.reconcile()
+
     def delete_run(self, run_id: int) -> None:
-        with self.engine.begin() as c:
+        with self._tx() as c:
             for t in (epochs_table, checkpoints_table):
                 c.execute(t.delete().where(t.c.run_id == run_id))
             c.execute(runs_table.delete().where(runs_table.c.id == run_id))
         if self.folder:
-            for f in self.run_dir(run_id).glob("*"):
+            d = self.run_dir(run_id)
+            for f in d.glob("*") if d.is_dir() else ():
                 f.unlink()
+            if d.is_dir():
+                d.rmdir()
 
     # ---- epochs -----------------------------------------------------------------------------
     def add_epoch(self, run_id: int, result) -> None:
         """Record one finished epoch (an EpochResult) and the run's progress, in one transaction."""
-        with self.engine.begin() as c:
+        with self._tx() as c:
             c.execute(
                 epochs_table.insert().values(
                     run_id=run_id,
@@ -413,15 +466,25 @@ class RunStore:
                 .values(epoch=result.epoch, batch=0, best_test_acc=best, heartbeat=time.time())
             )
 
+    def truncate_epochs(self, run_id: int, after: int) -> None:
+        """Forget the epochs past `after` (recorded, but not in the checkpoint a run resumes from: they are
+        trained again) and set the run's progress back to that epoch."""
+        with self._tx() as c:
+            c.execute(epochs_table.delete().where(epochs_table.c.run_id == run_id, epochs_table.c.epoch > after))
+            best = c.execute(
+                sa.select(sa.func.max(epochs_table.c.test_acc)).where(epochs_table.c.run_id == run_id)
+            ).scalar()
+            c.execute(runs_table.update().where(runs_table.c.id == run_id).values(epoch=after, batch=0, best_test_acc=best))
+
     def epochs(self, run_id: int) -> list[dict]:
-        with self.engine.connect() as c:
+        with self._tx(write=False) as c:
             q = epochs_table.select().where(epochs_table.c.run_id == run_id).order_by(epochs_table.c.epoch)
             return [dict(r) for r in c.execute(q).mappings()]
 
     def epochs_of(self, run_ids: list[int]) -> dict[int, list[dict]]:
         """Per-epoch rows of many runs in one query (for Compare)."""
         out: dict[int, list[dict]] = {i: [] for i in run_ids}
-        with self.engine.connect() as c:
+        with self._tx(write=False) as c:
             q = (
                 epochs_table.select()
                 .where(epochs_table.c.run_id.in_(run_ids))
@@ -433,8 +496,33 @@ class RunStore:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def run_dir(self, run_id: int) -> Path:
+        """A run's checkpoint folder: <id>-<uid>, so a folder left by a deleted store, or by another run with
+        the same id, is never taken for this run's (runs of stores older than uids keep <id>)."""
         assert self.folder is not None
-        return self.folder / str(run_id)
+        if run_id not in self._uids:
+            with self._tx(write=False) as c:
+                uid = c.execute(sa.select(runs_table.c.uid).where(runs_table.c.id == run_id)).scalar()
+            self._uids[run_id] = uid
+        uid = self._uids[run_id]
+        return self.folder / (f"{run_id}-{uid}" if uid else str(run_id))
+
+    def stale_checkpoint_folders(self, run_id: int) -> list[Path]:
+        """Folders in the checkpoint folder that carry this run's id but are not this run's (another
+        store's, or a run deleted from the database): never resumed from, reported."""
+        if not self.folder or not self.folder.is_dir():
+            return []
+        mine = self.run_dir(run_id)
+        return sorted(p for p in self.folder.iterdir()
+                      if p.is_dir() and p != mine and p.name.split("-", 1)[0] == str(run_id))
+
+    def clean_temporary(self, run_id: int) -> list[Path]:
+        """Delete the half-written checkpoint files (.<name>.pt.tmp<pid>) a killed process left; returns them."""
+        if not self.folder or not self.run_dir(run_id).is_dir():
+            return []
+        left = sorted(self.run_dir(run_id).glob(".*.pt.tmp*"))
+        for f in left:
+            f.unlink(missing_ok=True)
+        return left
 
     def save_checkpoint(self, run_id: int, name: str, state: dict) -> None:
         """Write atomically: a reader sees the old checkpoint or the new one, never half of one."""
@@ -450,17 +538,24 @@ class RunStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, d / f"{name}.pt")
+            self._note_saved(run_id, name, state)
             return
-        with self.engine.begin() as c:  # one transaction: delete + insert is atomic to readers
+        with self._tx() as c:  # one transaction: delete + insert is atomic to readers
             t = checkpoints_table
             c.execute(t.delete().where(t.c.run_id == run_id, t.c.name == name))
             c.execute(t.insert().values(run_id=run_id, name=name, data=data, updated_at=time.time()))
+        self._note_saved(run_id, name, state)
+
+    def _note_saved(self, run_id: int, name: str, state: dict) -> None:
+        """Record the epoch of the newest 'last' checkpoint, so a missing checkpoint is told from none yet."""
+        if name == "last" and isinstance(state.get("epochs_done"), int):
+            self.update(run_id, saved_epoch=state["epochs_done"])
 
     def has_checkpoint(self, run_id: int, name: str) -> bool:
         if self.folder:
             return (self.run_dir(run_id) / f"{name}.pt").is_file()
         t = checkpoints_table
-        with self.engine.connect() as c:
+        with self._tx(write=False) as c:
             return c.execute(sa.select(t.c.name).where(t.c.run_id == run_id, t.c.name == name)).first() is not None
 
     def runs_with_checkpoint(self, name: str) -> set[int]:
@@ -469,14 +564,17 @@ class RunStore:
         if self.folder:
             if not self.folder.is_dir():
                 return set()
-            return {int(p.parent.name) for p in self.folder.glob(f"*/{name}.pt") if p.parent.name.isdigit()}
+            with self._tx(write=False) as c:
+                folders = {(f"{i}-{u}" if u else str(i)): i for i, u in c.execute(sa.select(runs_table.c.id, runs_table.c.uid))}
+            return {folders[p.parent.name] for p in self.folder.glob(f"*/{name}.pt") if p.parent.name in folders}
         t = checkpoints_table
-        with self.engine.connect() as c:
+        with self._tx(write=False) as c:
             return set(c.execute(sa.select(t.c.run_id).where(t.c.name == name).distinct()).scalars())
 
-    def load_checkpoint(self, run_id: int, name: str = "best") -> dict:
+    def load_checkpoint(self, run_id: int, name: str = "best", keys: tuple[str, ...] = ()) -> dict:
+        """The checkpoint's state; `keys` it must hold (e.g. RESUME_KEYS), else one StoreError line."""
         data, where = self._checkpoint(run_id, name)
-        return load_state_bytes(data, where)
+        return load_state_bytes(data, where, keys)
 
     def checkpoint_bytes(self, run_id: int, name: str = "best") -> bytes:
         """The checkpoint as stored (a torch.save file), e.g. to measure or copy it."""
@@ -489,19 +587,83 @@ class RunStore:
                 raise StoreError(f"run {run_id} has no '{name}' checkpoint ({path})")
             return path.read_bytes(), str(path)
         t = checkpoints_table
-        with self.engine.connect() as c:
+        with self._tx(write=False) as c:
             data = c.execute(sa.select(t.c.data).where(t.c.run_id == run_id, t.c.name == name)).scalar()
         if data is None:
             raise StoreError(f"run {run_id} has no '{name}' checkpoint")
         return data, f"run {run_id}/{name}"
 
 
-def load_state_bytes(data: bytes, where: str) -> dict:
-    """torch.load with weights_only=True, turning a corrupt file into one clear StoreError."""
+    # ---- measuring the store (core.scalebench) ------------------------------------------------------
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def count_statements(self) -> Counter:
+        """A live counter of the SQL statements this store object sends, by verb (INSERT, UPDATE, SELECT...)."""
+        counts: Counter = Counter()
+
+        def before(conn, cursor, statement, parameters, context, executemany):
+            counts[statement.lstrip().split(None, 1)[0].upper()] += 1
+
+        sa.event.listen(self.engine, "before_cursor_execute", before)
+        return counts
+
+    def insert_finished_runs(self, n: int, epochs: int, label: str, rows_per_batch: int = 1000) -> None:
+        """n finished runs of `epochs` epochs each, in bulk (for measuring queries at scale; no checkpoints)."""
+        cfg = TrainConfig().to_json()
+        now = time.time()
+        with self._tx() as c:
+            first = c.execute(sa.select(sa.func.coalesce(sa.func.max(runs_table.c.id), 0))).scalar() + 1
+            for start in range(0, n, rows_per_batch):
+                ids = range(first + start, first + min(n, start + rows_per_batch))
+                c.execute(runs_table.insert(), [
+                    {"id": i, "model": "Model3", "config": cfg, "label": label, "status": "finished",
+                     "created_at": now, "started_at": now, "ended_at": now, "epoch": epochs, "params": 7_800,
+                     "best_test_acc": 99.0 + (i % 50) / 100, "sweep": f"bench-{i // 100}", "uid": uuid.uuid4().hex}
+                    for i in ids])
+                c.execute(epochs_table.insert(), [
+                    {"run_id": i, "epoch": e, "train_loss": 0.05, "train_acc": 98.5, "test_loss": 0.02,
+                     "test_acc": 99.0 + e / 100, "lr": 0.01, "seconds": 20.0}
+                    for i in ids for e in range(1, epochs + 1)])
+        if self.dialect == "postgresql":  # ids were given explicitly: move the sequence past them
+            with self._tx() as c:
+                c.execute(sa.text("SELECT setval('runs_id_seq', (SELECT max(id) FROM runs))"))
+                c.execute(sa.text("ANALYZE"))
+
+    def delete_runs_labelled(self, label: str) -> None:
+        with self._tx() as c:
+            gone = sa.select(runs_table.c.id).where(runs_table.c.label == label)
+            for t in (epochs_table, checkpoints_table):
+                c.execute(t.delete().where(t.c.run_id.in_(gone)))
+            c.execute(runs_table.delete().where(runs_table.c.label == label))
+
+    def table_bytes(self) -> dict:
+        """Bytes on disk per table (PostgreSQL, or SQLite with dbstat), else the whole SQLite file."""
+        with self._tx(write=False) as c:
+            if self.dialect == "postgresql":
+                return {t: c.execute(sa.text(f"SELECT pg_total_relation_size('{t}')")).scalar()
+                        for t in ("runs", "epochs", "checkpoints")}
+            try:
+                rows = c.execute(sa.text("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")).all()
+                return {name: int(size) for name, size in rows}
+            except sa.exc.OperationalError:  # SQLite built without dbstat
+                pass
+        with self._tx(write=False) as c:
+            return {"file": c.execute(sa.text("PRAGMA page_count")).scalar() * c.execute(sa.text("PRAGMA page_size")).scalar()}
+
+
+def load_state_bytes(data: bytes, where: str, keys: tuple[str, ...] = ()) -> dict:
+    """torch.load with weights_only=True, turning a corrupt file, or a torch file that is no checkpoint of
+    this lab (not a dict, or without `keys`), into one clear StoreError."""
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
         raise StoreError(f"checkpoint {where} is corrupt or not a checkpoint of this lab ({type(e).__name__})") from None
+    missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys) or ["a dict"]
+    if missing:
+        raise StoreError(f"checkpoint {where} is not a checkpoint of this lab (no {', '.join(map(repr, missing))})")
+    return state
 
 
 def _connect_args(url: str) -> dict:
@@ -521,4 +683,6 @@ def _run(row) -> Run:
     d = dict(row)
     d["config"] = TrainConfig.from_dict(json.loads(d["config"]))
     d["stop_requested"] = bool(d["stop_requested"])
+    for counter in ("epoch", "batch", "batches_per_epoch", "saved_epoch"):  # NULL in rows an old upgrade added to
+        d[counter] = d[counter] or 0
     return Run(**d)

@@ -13,42 +13,23 @@ import json
 import statistics
 import tempfile
 import time
-from collections import Counter
-
-import sqlalchemy as sa
 
 from core.config import TrainConfig
-from core.runs import RunStore, checkpoints_table, epochs_table, runs_table
+from core.runs import RunStore
+from core.worker import execute_run
 
 EPOCHS_PER_RUN = 15  # the seed's recipe
-
-
-def count_statements(store: RunStore) -> Counter:
-    """A live counter of the SQL statements the store's engine sends, by verb (INSERT, UPDATE, SELECT...)."""
-    counts: Counter = Counter()
-
-    def before(conn, cursor, statement, parameters, context, executemany):
-        counts[statement.lstrip().split(None, 1)[0].upper()] += 1
-
-    sa.event.listen(store.engine, "before_cursor_execute", before)
-    return counts
+LABEL = "scalebench"  # marks the runs this script makes (deleted at the end unless --keep)
 
 
 def measure_training(store: RunStore, data_root: str | None, train_limit: int, epochs: int) -> dict:
     """Train a real small run through execute_run and count its statements and bytes."""
-    from core import worker
-
     config = TrainConfig(model="Model3", epochs=epochs, train_limit=train_limit, test_limit=2000, device="cpu")
-    run_id = store.create_run(config, label="scalebench")
+    run_id = store.create_run(config, label=LABEL, params=config.parameter_count())
     worker_store = RunStore(store.url)
-    original = worker.RunStore
-    worker.RunStore = lambda url=None: worker_store  # count what the worker sends
-    counts = count_statements(worker_store)
+    counts = worker_store.count_statements()  # what the worker sends
     t0 = time.perf_counter()
-    try:
-        worker.execute_run(run_id, store.url, data_root, max_running=None, log=lambda _: None)
-    finally:
-        worker.RunStore = original
+    execute_run(run_id, worker_store, data_root, max_running=None, log=lambda _: None)
     seconds = time.perf_counter() - t0
     run = store.get(run_id)
     writes = sum(counts[v] for v in ("INSERT", "UPDATE", "DELETE"))
@@ -59,28 +40,6 @@ def measure_training(store: RunStore, data_root: str | None, train_limit: int, e
             "checkpoint_bytes_per_run": ckpt, "run_id": run_id}
 
 
-def generate(store: RunStore, n: int) -> None:
-    """n finished runs of 15 epochs each, inserted in bulk (no checkpoints: their size is measured above)."""
-    cfg = TrainConfig().to_json()
-    now = time.time()
-    with store.engine.begin() as c:
-        first = c.execute(sa.select(sa.func.coalesce(sa.func.max(runs_table.c.id), 0))).scalar() + 1
-        for start in range(0, n, 1000):
-            ids = range(first + start, first + min(n, start + 1000))
-            c.execute(runs_table.insert(), [
-                {"id": i, "model": "Model3", "config": cfg, "label": "scalebench", "status": "finished",
-                 "created_at": now, "started_at": now, "ended_at": now, "epoch": EPOCHS_PER_RUN, "params": 7_800,
-                 "best_test_acc": 99.0 + (i % 50) / 100, "sweep": f"bench-{i // 100}"} for i in ids])
-            c.execute(epochs_table.insert(), [
-                {"run_id": i, "epoch": e, "train_loss": 0.05, "train_acc": 98.5, "test_loss": 0.02,
-                 "test_acc": 99.0 + e / 100, "lr": 0.01, "seconds": 20.0}
-                for i in ids for e in range(1, EPOCHS_PER_RUN + 1)])
-    if store.engine.dialect.name == "postgresql":  # ids were given explicitly: move the sequence past them
-        with store.engine.begin() as c:
-            c.execute(sa.text("SELECT setval('runs_id_seq', (SELECT max(id) FROM runs))"))
-            c.execute(sa.text("ANALYZE"))
-
-
 def timed(fn, repeat: int = 5) -> float:
     """Median wall time of fn() in milliseconds."""
     times = []
@@ -89,19 +48,6 @@ def timed(fn, repeat: int = 5) -> float:
         fn()
         times.append((time.perf_counter() - t0) * 1000)
     return round(statistics.median(times), 1)
-
-
-def table_bytes(store: RunStore) -> dict:
-    if store.engine.dialect.name == "postgresql":
-        with store.engine.connect() as c:
-            return {t: c.execute(sa.text(f"SELECT pg_total_relation_size('{t}')")).scalar()
-                    for t in ("runs", "epochs", "checkpoints")}
-    with store.engine.connect() as c:
-        try:
-            rows = c.execute(sa.text("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")).all()
-            return {name: int(size) for name, size in rows}
-        except sa.exc.OperationalError:  # SQLite built without dbstat: the whole file
-            return {"file": c.execute(sa.text("PRAGMA page_count")).scalar() * c.execute(sa.text("PRAGMA page_size")).scalar()}
 
 
 def measure_queries(store: RunStore) -> dict:
@@ -140,22 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the generated runs")
     args = p.parse_args(argv)
     store = RunStore(args.runs or f"sqlite:///{tempfile.mkdtemp(prefix='mnist-lab-bench-')}/runs.db")
-    out = {"store": store.engine.dialect.name, "training": measure_training(store, args.data, args.train_limit, args.epochs)}
+    out = {"store": store.dialect, "training": measure_training(store, args.data, args.train_limit, args.epochs)}
     t0 = time.perf_counter()
-    generate(store, args.n)
+    store.insert_finished_runs(args.n, EPOCHS_PER_RUN, LABEL)
     out["generate_seconds"] = round(time.perf_counter() - t0, 1)
     out["queries"] = measure_queries(store)
-    sizes = table_bytes(store)
+    sizes = store.table_bytes()
     n = out["queries"]["runs_in_store"]
     out["table_bytes"] = sizes
     out["row_bytes_per_run"] = round((sizes.get("runs", 0) + sizes.get("epochs", 0)) / n) if "runs" in sizes else None
     print(json.dumps(out, indent=2))
     if not args.keep:
-        with store.engine.begin() as c:
-            gone = sa.select(runs_table.c.id).where(runs_table.c.label == "scalebench")
-            for t in (epochs_table, checkpoints_table):
-                c.execute(t.delete().where(t.c.run_id.in_(gone)))
-            c.execute(runs_table.delete().where(runs_table.c.label == "scalebench"))
+        store.delete_runs_labelled(LABEL)
     return 0
 
 

@@ -31,7 +31,7 @@ def epoch(n: int, acc: float = 90.0) -> EpochResult:
 def test_run_round_trip(store_url):
     store = RunStore(store_url)
     cfg = TrainConfig(model="Model2c", epochs=3, lr=0.05)
-    rid = store.create_run(cfg, label="hello")
+    rid = store.create_run(cfg, label="hello", params=cfg.parameter_count())
     run = store.get(rid)
     assert (run.model, run.config, run.label, run.status, run.params) == ("Model2c", cfg, "hello", "queued", 6056)
     store.add_epoch(rid, epoch(1, 91.0))
@@ -144,7 +144,8 @@ def test_running_run_whose_process_died_is_interrupted(store_url):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     assert store.claim(rid, dead.pid)
-    assert store.get(rid).status == "interrupted"
+    assert store.get(rid).status == "running"  # a read only reads
+    assert store.reconcile() == 1 and store.get(rid).status == "interrupted"
 
 
 def test_claim_respects_local_slots(store_url):

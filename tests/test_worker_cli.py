@@ -51,6 +51,7 @@ def test_killed_run_is_interrupted_keeps_its_epochs_and_resumes(slow_root, store
     wait_until(lambda: store.list_runs() and store.list_runs()[0].epoch >= 2, what="two finished epochs")
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
+    store.reconcile()
     run = store.list_runs()[0]
     assert run.status == "interrupted"
     before = store.epochs(run.id)
@@ -158,8 +159,9 @@ def test_a_diverging_run_fails_with_one_clear_line(synthetic_root, store_url):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
 def test_asking_for_cuda_without_one_fails_with_one_clear_line(synthetic_root, store_url):
     r = run_cli("--device", "cuda", "--epochs", "1", "--runs", store_url, "--data", str(synthetic_root))
-    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr  # refused before a run is recorded
     assert "no CUDA device is available; use --device auto or cpu" in r.stderr
+    assert RunStore(store_url).count_runs() == 0
 
 
 def test_missing_dataset_exits_2_and_records_nothing(tmp_path, store_url):
