@@ -2,11 +2,13 @@
 
 A class with 20 tabs on one run must not mean 20 store reads and 60 rebuilt charts a second: a run and
 its epochs are read together at most once per READ_TTL seconds for all sessions, a run's charts are built
-once per epoch count, and the refresh interval lengthens when refreshes get slow (a busy server).
+once per epoch (then only serialised for each session), and the refresh interval lengthens when refreshes
+get slow (a busy server).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 import time
@@ -19,7 +21,7 @@ import streamlit as st
 
 from core.runs import Run, RunStore
 
-READ_TTL = 0.3  # seconds one read of a run serves every session; well under REFRESH_S, so a new epoch shows within ~1.5 s
+READ_TTL = 0.3  # seconds one read of a run serves every session; well under REFRESH_S, so a new epoch shows within ~1.3 s
 RECONCILE_S = 5.0  # seconds between checks for runs whose training process died (marks them interrupted)
 REFRESH_S = 1.0  # seconds between refreshes of a live view on an idle server
 MAX_REFRESH_S = 5.0  # ... and at most this, however busy the server
@@ -99,10 +101,16 @@ class Pace:
             self._took.append(seconds)
 
     def interval(self) -> float:
-        """REFRESH_S while refreshes are quick; longer, up to MAX_REFRESH_S, when they are slow."""
+        """REFRESH_S while refreshes are quick; longer, up to MAX_REFRESH_S, when they are slow (whole seconds)."""
         with self._lock:
             typical = statistics.median(self._took) if self._took else 0.0
-        return min(MAX_REFRESH_S, max(REFRESH_S, BUSY_FACTOR * typical))
+        return float(min(MAX_REFRESH_S, max(REFRESH_S, math.ceil(BUSY_FACTOR * typical))))
+
+    def should_change(self, every: float) -> bool:
+        """True when the interval now due is at least twice or at most half of `every` (so a view
+        declared with `every` is redeclared rarely, not on every small swing)."""
+        due = self.interval()
+        return due >= 2 * every or due <= every / 2
 
 
 shared = SharedReads()

@@ -128,18 +128,23 @@ def test_refreshes_back_off_when_they_get_slow():
     for _ in range(10):
         pace.record(0.01)
     assert pace.interval() == live.REFRESH_S
+    assert not pace.should_change(1.0)
     for _ in range(20):
-        pace.record(0.3)
-    assert pace.interval() == pytest.approx(3.0)
+        pace.record(0.25)
+    assert pace.interval() == 3.0 and pace.should_change(1.0) and not pace.should_change(2.0)
     for _ in range(50):
         pace.record(2.0)
     assert pace.interval() == live.MAX_REFRESH_S
+    for _ in range(50):
+        pace.record(0.01)
+    assert pace.should_change(live.MAX_REFRESH_S)  # quiet again: back to every second
 
 
 @pytest.mark.browser
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian's Chromium is not installed")
 def test_every_tab_on_a_live_run_sees_every_epoch(store, tmp_path):
-    """Four tabs on one run while this test records three epochs, one every 4 s, as a training process would."""
+    """Four tabs on one run while this test records three epochs as a training process would; every tab shows
+    every epoch count (no timing asserted: tests/load_tabs.py measures the lag)."""
     from load_tabs import ARGS, CHROMIUM, WATCHER, start_server
     from playwright.sync_api import sync_playwright
 
@@ -159,14 +164,15 @@ def test_every_tab_on_a_live_run_sees_every_epoch(store, tmp_path):
                 tab.get_by_text("0 epoch(s) recorded").wait_for()
             for n in (1, 2, 3):
                 store.add_epoch(run_id, epoch(n, 95.0 + n))
-                tabs[0].wait_for_timeout(4000)
+                # the next epoch once every tab shows this one, or after a generous 30 s (a busy shared machine)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not all(t.evaluate(f"'{n}' in window.__epochs") for t in tabs):
+                    tabs[0].wait_for_timeout(250)
             store.finish(run_id, "finished")
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not all(t.evaluate("'3' in window.__epochs") for t in tabs):
-                tabs[0].wait_for_timeout(500)
             seen = [sorted(int(k) for k in t.evaluate("window.__epochs")) for t in tabs]
+            shown = [t.evaluate("window.__progress.map(p => p[1])") for t in tabs]
             browser.close()
     finally:
         server.terminate()
         server.wait(timeout=10)
-    assert seen == [[0, 1, 2, 3]] * 4
+    assert seen == [[0, 1, 2, 3]] * 4, f"epochs shown per tab: {seen}; progress lines: {shown}"

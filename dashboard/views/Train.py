@@ -64,9 +64,9 @@ def chosen_run_id() -> int | None:
     return newest[0].id if newest else None
 
 
-def status(run_id: int, charted: int, was_active: bool) -> None:
-    """The run's state, refreshed while it is active: a shared read (live.watch), no charts. When the run gains an
-    epoch or ends, the whole page reruns once to redraw the charts (`charted`: the epochs they show)."""
+def live_run(run_id: int, every: float | None) -> None:
+    """The run as the store has it, redrawn every `every` seconds while it is active (None: drawn once). All
+    sessions share one read (live.watch) and one build of the charts per epoch; nothing here trains."""
     started = time.perf_counter()
     try:
         view = live.watch(run_id)
@@ -92,14 +92,7 @@ def status(run_id: int, charted: int, was_active: bool) -> None:
             st.caption("Stopping after the current batch...")
         elif st.button("Stop", key=f"stop-{run.id}"):
             stop_run(lab.store(), run.id)
-    live.pace.record(time.perf_counter() - started)
-    if len(view.epochs) != charted or (was_active and not run.active):
-        st.rerun(scope="app")  # new epoch: redraw the charts; run ended: refresh the pickers elsewhere too
-
-
-def charts(view: live.RunView) -> None:
-    rows = view.epochs
-    best = view.best_test_acc
+    rows, best = view.epochs, view.best_test_acc
     st.caption(f"{len(rows)} epoch(s) recorded" + (f" · best test {best:.2f}%" if best is not None else ""))
     if rows:
         acc, loss, lr = live.training_charts(view)
@@ -108,7 +101,12 @@ def charts(view: live.RunView) -> None:
         c2.plotly_chart(loss, key="loss")
         c3.plotly_chart(lr, key="lr")
     with st.expander("Config"):
-        st.json(view.run.config.to_json())
+        st.json(run.config.to_json())
+    live.pace.record(time.perf_counter() - started)
+    if every and (not run.active or live.pace.should_change(every)):
+        # the run ended: refresh the whole page (the model pickers elsewhere too); or the server got busier or
+        # quieter: redeclare this fragment with a new interval (a fragment's run_every is fixed per page run)
+        st.rerun(scope="app")
 
 
 def main() -> None:
@@ -123,15 +121,12 @@ def main() -> None:
             st.info("No run yet: choose a variant and press Start.")
             return
         try:
-            view = live.watch(run_id)
-        except StoreError as e:
-            st.error(str(e))
-            return
-        active = view.run.active
-        # Only the status line refreshes on a timer (every second, longer when the server is busy); the charts
-        # below are drawn by the page run and so are sent again only when the run gains an epoch.
-        st.fragment(status, run_every=live.pace.interval() if active else None)(run_id, len(view.epochs), active)
-        charts(view)
+            active = live.watch(run_id).run.active
+        except StoreError:
+            active = False
+        # redrawn on a timer while the run is queued or training (every second, longer when the server is busy)
+        every = live.pace.interval() if active else None
+        st.fragment(live_run, run_every=every)(run_id, every)
 
 
 main()
