@@ -25,7 +25,7 @@ from core.cli import format_epoch
 from core.config import ConfigError, TrainConfig, parse_overrides, recipe
 from core.layers import FastDropout
 from core.models import MODELS, build_model, count_parameters
-from core.runs import RunStore, load_state_bytes
+from core.runs import RunStore, StoreError, load_state_bytes
 from core.worker import execute_run
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "shipped"  # the shipped weights and histories
@@ -62,11 +62,15 @@ def best_test_by_model(store: RunStore) -> dict[str, float]:
     return best
 
 
-def model_from_state(state: dict) -> nn.Module:
-    """The model a checkpoint ({"model": weights, "config": its TrainConfig as JSON}) holds, in eval mode."""
-    config = TrainConfig.from_json(state["config"])
-    model = build_model(config.model, config.dropout)
-    model.load_state_dict(state["model"])
+def model_from_state(state: dict, where: str = "the checkpoint") -> nn.Module:
+    """The model a checkpoint ({"model": weights, "config": its TrainConfig as JSON}) holds, in eval mode;
+    one StoreError line when it holds no lab model (another config, weights of other shapes)."""
+    try:
+        config = TrainConfig.from_json(state["config"])
+        model = build_model(config.model, config.dropout)
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # ConfigError and JSON errors are ValueErrors
+        raise StoreError(f"{where} holds no model of this lab ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     return model.eval()
 
 
@@ -74,7 +78,7 @@ def load_reference_model(name: str, seed_recipe: bool = False) -> nn.Module:
     """The shipped weights of a variant (of its seed's-recipe run with seed_recipe=True), in eval mode,
     loaded with weights_only=True."""
     path = (REFERENCE_DIR / SEED_RECIPE_DIR if seed_recipe else REFERENCE_DIR) / f"{name}.pt"
-    return model_from_state(load_state_bytes(path.read_bytes(), str(path)))
+    return model_from_state(load_state_bytes(path.read_bytes(), str(path), ("model", "config")), str(path))
 
 
 def save_reference(

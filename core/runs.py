@@ -585,13 +585,13 @@ class RunStore:
             path = self.run_dir(run_id) / f"{name}.pt"
             if not path.is_file():
                 raise StoreError(f"run {run_id} has no '{name}' checkpoint ({path})")
-            return path.read_bytes(), str(path)
+            return path.read_bytes(), f"run {run_id}'s {name!r} checkpoint ({path})"
         t = checkpoints_table
         with self._tx(write=False) as c:
             data = c.execute(sa.select(t.c.data).where(t.c.run_id == run_id, t.c.name == name)).scalar()
         if data is None:
             raise StoreError(f"run {run_id} has no '{name}' checkpoint")
-        return data, f"run {run_id}/{name}"
+        return data, f"run {run_id}'s {name!r} checkpoint"
 
 
     # ---- measuring the store (core.scalebench) ------------------------------------------------------
@@ -659,10 +659,10 @@ def load_state_bytes(data: bytes, where: str, keys: tuple[str, ...] = ()) -> dic
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise StoreError(f"checkpoint {where} is corrupt or not a checkpoint of this lab ({type(e).__name__})") from None
+        raise StoreError(f"{where} is corrupt or not a checkpoint of this lab ({type(e).__name__})") from None
     missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys) or ["a dict"]
     if missing:
-        raise StoreError(f"checkpoint {where} is not a checkpoint of this lab (no {', '.join(map(repr, missing))})")
+        raise StoreError(f"{where} is not a checkpoint of this lab (no {', '.join(map(repr, missing))})")
     return state
 
 

@@ -47,7 +47,9 @@ def store() -> RunStore:
     """The run store at $MNIST_LAB_DB (else runs/runs.db), opened once per URL. A store that cannot be opened
     ends the page with its one-line message."""
     try:
-        return _store(default_url())
+        s = _store(default_url())
+        s.reconcile_if_due(5.0)  # runs whose process died show as interrupted, checked at most every 5 s
+        return s
     except StoreError as e:
         st.error(str(e))
         st.stop()
@@ -89,7 +91,8 @@ def trained_models() -> list[TrainedModel]:
 def load_model(choice: TrainedModel, store_url: str) -> nn.Module:
     if choice.reference:
         return load_reference_model(choice.model, choice.seed_recipe)
-    return model_from_state(_store(store_url).load_checkpoint(choice.run_id, "best"))
+    state = _store(store_url).load_checkpoint(choice.run_id, "best", ("model", "config"))
+    return model_from_state(state, f"run {choice.run_id}'s best checkpoint")
 
 
 def model_for(choice: TrainedModel) -> nn.Module:

@@ -310,3 +310,26 @@ def test_sweeps_page_refuses_a_value_list_it_cannot_read(store_url):
     assert not at.exception, at.exception
     assert [e.value for e in at.error] == ["'0.01, fast' is not a comma-separated list of float values"]
     assert "sweep" not in at.query_params  # nothing was launched
+
+
+def test_a_checkpoint_that_is_no_lab_model_is_one_line_on_inspect(store_url):
+    """A valid torch file that is not a lab checkpoint (or holds weights of another shape) is one error line."""
+    import torch
+
+    from core.config import TrainConfig
+    from core.runs import RunStore
+
+    store = RunStore(store_url)
+    for bad in ({"weights": torch.zeros(3)}, {"model": {"w": torch.zeros(2)}, "config": TrainConfig().to_json()}):
+        run_id = store.create_run(TrainConfig())
+        store.save_checkpoint(run_id, "best", bad)
+        store.add_epoch(run_id, type("R", (), dict(epoch=1, train_loss=1.0, train_acc=50.0, test_loss=1.0,
+                                                    test_acc=50.0 + run_id, lr=0.01, seconds=1.0))())
+        store.finish(run_id, "finished")
+        at = run_page("views/Inspect.py")
+        box = at.selectbox(key="inspect-model")
+        box.select_index(next(i for i, label in enumerate(box.options) if label.startswith(f"run {run_id}:")))
+        at.run()
+        assert not at.exception, at.exception
+        assert [e.value for e in at.error if f"run {run_id}" in e.value and "of this lab" in e.value], [
+            e.value for e in at.error]
