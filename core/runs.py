@@ -67,6 +67,16 @@ epochs_table = sa.Table(
     sa.Column("lr", sa.Float),
     sa.Column("seconds", sa.Float),
 )
+steps_table = sa.Table(  # points within epochs, a few a second at most (core.worker.ProgressReporter)
+    "steps",
+    metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True),  # global optimizer step
+    sa.Column("epoch", sa.Float, nullable=False),  # fractional, 1-based end: 0.5 = half-way through epoch 1
+    sa.Column("train_loss", sa.Float),  # over the batches since the previous point
+    sa.Column("train_acc", sa.Float),
+    sa.Column("lr", sa.Float),
+)
 checkpoints_table = sa.Table(
     "checkpoints",
     metadata,
@@ -82,7 +92,7 @@ schema_table = sa.Table(
 )
 sa.Index("runs_status", runs_table.c.status)
 sa.Index("runs_sweep", runs_table.c.sweep)
-SCHEMA_VERSION = 2  # bump with a schema change; an older store gets missing columns by ALTER TABLE ... ADD COLUMN
+SCHEMA_VERSION = 3  # bump with a schema change; an older store gets missing columns by ALTER TABLE ... ADD COLUMN
 
 
 class StoreError(RuntimeError):
@@ -431,7 +441,7 @@ class RunStore:
 
     def delete_run(self, run_id: int) -> None:
         with self._tx() as c:
-            for t in (epochs_table, checkpoints_table):
+            for t in (epochs_table, steps_table, checkpoints_table):
                 c.execute(t.delete().where(t.c.run_id == run_id))
             c.execute(runs_table.delete().where(runs_table.c.id == run_id))
         if self.folder:
@@ -471,10 +481,36 @@ class RunStore:
         trained again) and set the run's progress back to that epoch."""
         with self._tx() as c:
             c.execute(epochs_table.delete().where(epochs_table.c.run_id == run_id, epochs_table.c.epoch > after))
+            c.execute(steps_table.delete().where(steps_table.c.run_id == run_id, steps_table.c.epoch > after))
             best = c.execute(
                 sa.select(sa.func.max(epochs_table.c.test_acc)).where(epochs_table.c.run_id == run_id)
             ).scalar()
             c.execute(runs_table.update().where(runs_table.c.id == run_id).values(epoch=after, batch=0, best_test_acc=best))
+
+    def record_progress(self, run_id: int, batch: int, batches_per_epoch: int, point=None) -> None:
+        """The run's progress and heartbeat, and a step point (a core.train.StepPoint) when given: one transaction."""
+        with self._tx() as c:
+            c.execute(runs_table.update().where(runs_table.c.id == run_id).values(
+                batch=batch, batches_per_epoch=batches_per_epoch, heartbeat=time.time()))
+            if point is not None:
+                c.execute(steps_table.insert().values(
+                    run_id=run_id, step=point.step, epoch=point.epoch, train_loss=point.train_loss,
+                    train_acc=point.train_acc, lr=point.lr))
+
+    def steps(self, run_id: int, max_points: int = 600) -> list[dict]:
+        """The run's step points in step order, at most about `max_points` of them: a long run is thinned
+        in the query (every k-th row, and the last), so a page reads only what it draws."""
+        inner = sa.select(
+            steps_table,
+            sa.func.row_number().over(order_by=steps_table.c.step).label("rn"),
+            sa.func.count().over().label("total"),
+        ).where(steps_table.c.run_id == run_id).subquery()
+        stride = (inner.c.total + max_points - 1) // max_points
+        q = (sa.select(*(inner.c[col.name] for col in steps_table.columns))
+             .where(sa.or_((inner.c.rn - 1) % stride == 0, inner.c.rn == inner.c.total))
+             .order_by(inner.c.step))
+        with self._tx(write=False) as c:
+            return [dict(r) for r in c.execute(q).mappings()]
 
     def epochs(self, run_id: int) -> list[dict]:
         with self._tx(write=False) as c:
@@ -634,7 +670,7 @@ class RunStore:
     def delete_runs_labelled(self, label: str) -> None:
         with self._tx() as c:
             gone = sa.select(runs_table.c.id).where(runs_table.c.label == label)
-            for t in (epochs_table, checkpoints_table):
+            for t in (epochs_table, steps_table, checkpoints_table):
                 c.execute(t.delete().where(t.c.run_id.in_(gone)))
             c.execute(runs_table.delete().where(runs_table.c.label == label))
 
@@ -643,7 +679,7 @@ class RunStore:
         with self._tx(write=False) as c:
             if self.dialect == "postgresql":
                 return {t: c.execute(sa.text(f"SELECT pg_total_relation_size('{t}')")).scalar()
-                        for t in ("runs", "epochs", "checkpoints")}
+                        for t in ("runs", "epochs", "steps", "checkpoints")}
             try:
                 rows = c.execute(sa.text("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")).all()
                 return {name: int(size) for name, size in rows}

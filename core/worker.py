@@ -109,12 +109,13 @@ def stop_signals() -> Iterator[threading.Event]:
 
 
 class ProgressReporter:
-    """Per batch: at most every POLL_SECONDS, write the progress and heartbeat and read the stop flag."""
+    """Per batch: at most every POLL_SECONDS, write the progress, the heartbeat and a step point (train loss
+    and accuracy over the batches since the last one), and read the stop flag."""
 
-    def __init__(self, store: RunStore, run_id: int, signalled: threading.Event,
+    def __init__(self, store: RunStore, run_id: int, trainer: Trainer, signalled: threading.Event,
                  on_batch: Callable[[int, int], None] | None):
-        self.store, self.run_id, self.signalled, self.on_batch = store, run_id, signalled, on_batch
-        self.last_write = 0.0
+        self.store, self.run_id, self.trainer, self.signalled, self.on_batch = store, run_id, trainer, signalled, on_batch
+        self.last_write = time.monotonic()  # the first point comes after POLL_SECONDS of batches
         self.stop_asked_in_store = False
 
     def batch_done(self, done: int, total: int) -> None:
@@ -123,7 +124,7 @@ class ProgressReporter:
         now = time.monotonic()
         if now - self.last_write >= POLL_SECONDS:
             self.last_write = now
-            self.store.update(self.run_id, batch=done, batches_per_epoch=total, heartbeat=time.time())
+            self.store.record_progress(self.run_id, done, total, self.trainer.window())
             self.stop_asked_in_store = self.store.stop_requested(self.run_id)
 
     def should_stop(self) -> bool:
@@ -140,7 +141,7 @@ def train(
         trainer = Trainer(run.config, load_mnist(data_root))
         resume(store, run, trainer, log)
         store.update(run.id, epoch=trainer.epochs_done, batch=0, batches_per_epoch=trainer.steps_per_epoch)
-        progress = ProgressReporter(store, run.id, signalled, on_batch)
+        progress = ProgressReporter(store, run.id, trainer, signalled, on_batch)
         best_test_acc = trainer.best_test_acc
         for result in trainer.epochs(on_batch=progress.batch_done, should_stop=progress.should_stop):
             record_epoch(store, run.id, trainer, result, improved=result.test_acc > best_test_acc)

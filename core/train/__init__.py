@@ -34,6 +34,15 @@ class EpochResult:
     seconds: float  # wall time of the epoch, evaluation included
 
 
+@dataclass
+class StepPoint:
+    step: int  # global optimizer step, 1-based
+    epoch: float  # fractional: 1.5 = half-way through the second epoch
+    train_loss: float  # over the batches since the previous point
+    train_acc: float  # percent, likewise
+    lr: float
+
+
 class StopRequested(Exception):
     """Raised inside an epoch when the stop callback says so; the current batch has finished."""
 
@@ -145,6 +154,8 @@ class Trainer:
         self.steps_per_epoch = -(-len(self.data.train_y) // config.batch_size)
         self.scheduler = self._make_scheduler()
         self.epochs_done = 0  # completed epochs; resume starts at the next one
+        self._running = (torch.zeros(()), torch.zeros((), dtype=torch.long), 0, 0)
+        self._window_start = (0.0, 0, 0)
         self.best_test_acc = 0.0
 
     def _make_scheduler(self):
@@ -182,6 +193,8 @@ class Trainer:
         order = torch.randperm(len(d.train_y), generator=g).to(self.device)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self._running = (loss_sum, correct, 0, epoch)  # (sums so far, images so far, epoch) for `window`
+        self._window_start = (0.0, 0, 0)
         self.model.train()
         for b in range(self.steps_per_epoch):
             idx = order[b * c.batch_size : (b + 1) * c.batch_size]
@@ -192,6 +205,7 @@ class Trainer:
             batch_loss, batch_correct = train_step(self.model, self.optimizer, x, y, c.label_smoothing)
             loss_sum += batch_loss
             correct += batch_correct
+            self._running = (loss_sum, correct, (b + 1) * c.batch_size if b + 1 < self.steps_per_epoch else len(d.train_y), epoch)
             if b % DIVERGENCE_CHECK_BATCHES == DIVERGENCE_CHECK_BATCHES - 1 and not math.isfinite(loss_sum.item()):
                 self.diverged(epoch, loss_sum.item())
             if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
@@ -220,6 +234,20 @@ class Trainer:
             self.epochs_done = epoch + 1
             self.best_test_acc = max(self.best_test_acc, test_acc)
             yield EpochResult(epoch + 1, train_loss, train_acc, test_loss, test_acc, self.lr(), time.perf_counter() - t0)
+
+    def window(self) -> StepPoint | None:
+        """Train loss and accuracy over the batches since the last call (one device sync), with the step,
+        the fractional epoch and the lr: what the live charts plot within an epoch. None before a batch."""
+        loss_sum, correct, seen, epoch = self._running
+        loss_then, correct_then, seen_then = self._window_start
+        if seen <= seen_then:
+            return None
+        loss_now, correct_now = loss_sum.item(), int(correct.item())
+        self._window_start = (loss_now, correct_now, seen)
+        n = seen - seen_then
+        step = epoch * self.steps_per_epoch + -(-seen // self.config.batch_size)
+        return StepPoint(step, epoch + seen / len(self.data.train_y), (loss_now - loss_then) / n,
+                         100.0 * (correct_now - correct_then) / n, self.lr())
 
     def diverged(self, epoch: int, loss: float) -> None:
         raise TrainingDiverged(
