@@ -6,11 +6,13 @@ ratio, then place it in a 28x28 field so that its centre of mass sits at the cen
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from core.data import MEAN, STD
@@ -32,10 +34,23 @@ MARK_GRID = 112  # stray marks are found on a grid of at most this many cells a 
 STROKE_MIN = 0.10
 STROKE_TARGET = 0.15
 THICKEN_SIDE = 512  # larger pictures are max-pooled to at most this side before thickening
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")  # the formats the Draw page offers; no others are opened
+# A larger upload is shrunk by a whole factor as soon as it is decoded, in uint8: a 4000 px picture then costs
+# the decoded picture and 1/16 of it, not a dozen float copies (the digit ends up 20 px tall anyway).
+DECODED_SIDE = 1024
+# Pillow decodes a WebP whole, through about four full-size RGBA copies (250 MB for 4000x4000), before we can shrink it.
+MAX_WEBP_SIDE = 2048
+# What Pillow raises on a damaged file: OSError, or SyntaxError ("broken PNG file"; "not a TIFF file" from a WebP's
+# broken EXIF). 25,000 damaged files met no other (python -m tests.fuzz_uploads).
+DAMAGED_FILE_ERRORS = (OSError, SyntaxError)
 
 
 class EmptyImageError(ValueError):
     """The image holds no visible ink: nothing to classify."""
+
+
+class PictureTooLargeError(ValueError):
+    """An upload with more pixels than the reader takes (a decompression bomb, or just a huge picture)."""
 
 
 def as_uint8_image(image) -> np.ndarray:
@@ -81,30 +96,53 @@ def as_uint8_image(image) -> np.ndarray:
 
 
 def decode_picture(data: bytes, max_side: int = 4096) -> np.ndarray:
-    """An uploaded file's bytes (PNG, JPEG, WebP, BMP, GIF, ...) -> uint8 grey or RGBA array.
+    """An uploaded file's bytes (PNG, JPEG, WebP, BMP or GIF) -> uint8 grey or RGBA array, at most
+    DECODED_SIDE a side.
 
     Phone photos are turned upright by their EXIF orientation; palette pictures keep their
-    transparency; 16-bit greys keep their range. Raises ValueError with a message for the user.
+    transparency; 16-bit greys keep their range. Raises ValueError with a one-line message for the user.
     """
-    import io
-
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
         if max(img.size) > max_side:
-            raise ValueError(f"the picture is {img.size[0]}x{img.size[1]} px; use one under {max_side} px a side")
-        img = ImageOps.exif_transpose(img)
-        if img.mode.startswith("I"):  # 16-bit grey ("I;16*", or "I" from older Pillow): read as uint16
-            return as_uint8_image(np.clip(np.asarray(img), 0, 65535).astype(np.uint16))
-        if img.mode == "F":
-            return as_uint8_image(np.asarray(img))
+            raise PictureTooLargeError(f"the picture is {img.width}x{img.height} px, too large: use one under {max_side} px a side")
+        if img.format == "WEBP" and max(img.size) > MAX_WEBP_SIDE:
+            raise PictureTooLargeError(f"the WebP picture is {img.width}x{img.height} px, too large: "
+                                       f"save it as PNG or JPEG, or under {MAX_WEBP_SIDE} px a side")
+        img.draft(None, (DECODED_SIDE, DECODED_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that is still larger
+        img.load()
         transparent = "A" in img.getbands() or img.info.get("transparency") is not None
-        return np.asarray(img.convert("RGBA" if transparent else "L"))
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise ValueError("not a readable picture (PNG, JPEG, WebP, BMP or GIF)") from None
-    except OSError as e:  # truncated or corrupt file
-        raise ValueError(f"the picture could not be decoded ({e})") from None
+        mode = "I" if img.mode.startswith("I") else "F" if img.mode == "F" else "RGBA" if transparent else "L"
+        img = ImageOps.exif_transpose(_shrunk(img, mode))
+    except PictureTooLargeError:
+        raise
+    except Image.DecompressionBombError:
+        raise PictureTooLargeError(f"the picture is too large: use one under {max_side} px a side") from None
+    except UnidentifiedImageError:
+        raise ValueError("not a readable picture: upload a PNG, JPEG, WebP, BMP or GIF") from None
+    except DAMAGED_FILE_ERRORS as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise ValueError(f"the picture could not be decoded ({reason}): save it again and upload the new file") from None
+    if img.mode.startswith("I"):  # 16-bit grey ("I;16*", or "I" from older Pillow): read as uint16
+        return as_uint8_image(np.clip(np.asarray(img), 0, 65535).astype(np.uint16))
+    if img.mode == "F":
+        return as_uint8_image(np.asarray(img))
+    return np.asarray(img.convert(mode))
+
+
+def _shrunk(img: Image.Image, mode: str) -> Image.Image:
+    """A decoded picture larger than DECODED_SIDE converted to `mode` and shrunk by a whole factor (box average)
+    to at most that side, a band of rows at a time so that no second full-size copy is made; others as they are."""
+    f = -(-max(img.size) // DECODED_SIDE)
+    if f == 1:
+        return img
+    out = Image.new(mode, (-(-img.width // f), -(-img.height // f)))
+    band = 64 * f  # rows
+    for top in range(0, img.height, band):
+        strip = img.crop((0, top, img.width, min(top + band, img.height)))
+        out.paste(strip.convert(mode).reduce(f), (0, top // f))
+    out.info = img.info  # the EXIF orientation, for exif_transpose
+    return out
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
