@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -26,7 +29,9 @@ from core.config import TrainConfig, recipe
 from core.data import MEAN, STD, data_root, load_mnist
 from core.layers import FastBatchNorm2d, FastDropout
 from core.models import build_model
+from core.runs import RunStore
 from core.train import Trainer, pick_device
+from core.worker import ProgressReporter
 
 TARGET = 99.4  # test accuracy (%) for the time-to-target measurement
 
@@ -45,15 +50,22 @@ def seed_model() -> nn.Module:
 
 
 class EngineSide:
-    """Our engine: `Trainer.train_epoch` over an in-memory slice of `chunk` batches, called once per round."""
+    """Our engine: `Trainer.train_epoch` over an in-memory slice of `chunk` batches, called once per round.
+    With `record`, as a training process runs it: progress, step points and the stop flag go through a
+    RunStore (a temporary SQLite file) every POLL_SECONDS, as core.worker does."""
 
-    def __init__(self, chunk: int, data_dir: str | None, device: str = "auto"):
+    def __init__(self, chunk: int, data_dir: str | None, device: str = "auto", record: bool = False):
         config = recipe("Model3", "seed", train_limit=128 * chunk, device=device)
         self.trainer = Trainer(config, load_mnist(data_dir))
         self.epoch = 0
+        self.on_batch = None
+        if record:
+            store = RunStore(str(Path(tempfile.mkdtemp(prefix="mnist-lab-bench-")) / "runs.db"))
+            run_id = store.create_run(config)
+            self.on_batch = ProgressReporter(store, run_id, self.trainer, threading.Event(), None).batch_done
 
     def run(self) -> None:
-        self.trainer.train_epoch(self.epoch)
+        self.trainer.train_epoch(self.epoch, on_batch=self.on_batch)
         self.epoch += 1
 
 
@@ -96,7 +108,7 @@ def _sync() -> None:
 
 def _side_process(kind: str, chunk: int, data_dir: str | None, device: str, conn) -> None:
     """Child process holding one side: warms up, then times one round per "run" message."""
-    side = SeedLoopSide(chunk, data_dir, device) if kind == "seed" else EngineSide(chunk, data_dir, device)
+    side = SeedLoopSide(chunk, data_dir, device) if kind == "seed" else EngineSide(chunk, data_dir, device, kind == "recording")
     side.run()  # warm-up: allocator, first-call costs
     _sync()
     conn.send("ready")
@@ -108,8 +120,11 @@ def _side_process(kind: str, chunk: int, data_dir: str | None, device: str, conn
     conn.send(peak_memory_mb())
 
 
-def images_per_second(batches: int, rounds: int, data_dir: str | None, device: str = "auto") -> tuple[float, float, dict]:
-    """(seed loop, our engine) images/s, and each side's peak memory (MB), over `batches` batches each, run in alternating rounds.
+def images_per_second(batches: int, rounds: int, data_dir: str | None, device: str = "auto",
+                      sides: tuple[str, ...] = ("seed", "ours")) -> tuple[dict, dict]:
+    """Images/s of each side ("seed": the seed's loop, "ours": our engine, "recording": our engine writing
+    progress and step points to a store), and each side's peak memory (MB), over `batches` batches each,
+    run in alternating rounds.
 
     Each side lives in its own fresh process, so the seed's loop runs with the process defaults it
     had (our engine's allocator and thread settings are not applied to it), and only one side runs
@@ -121,7 +136,7 @@ def images_per_second(batches: int, rounds: int, data_dir: str | None, device: s
     ctx = mp.get_context("spawn")
     chunk = max(1, batches // rounds)
     pipes, procs = {}, []
-    for kind in ("seed", "ours"):
+    for kind in sides:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_side_process, args=(kind, chunk, data_dir, device, child), daemon=True)
         proc.start()
@@ -145,7 +160,7 @@ def images_per_second(batches: int, rounds: int, data_dir: str | None, device: s
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
-    return 128 * chunk * rounds / seconds["seed"], 128 * chunk * rounds / seconds["ours"], peaks
+    return {kind: 128 * chunk * rounds / seconds[kind] for kind in sides}, peaks
 
 
 def profile_engine(batches: int, data_dir: str | None, rows: int = 15) -> str:
@@ -197,10 +212,12 @@ def main(argv: list[str] | None = None) -> int:
 
     where = torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     print(f"Model3, batch 128, {args.batches} timed batches each side, {where}", flush=True)
-    plain, ours, peaks = images_per_second(args.batches, args.rounds, args.data, args.device)
-    print(f"seed loop (DataLoader + transforms): {plain:8.0f} images/s")
-    print(f"our engine (Trainer):                {ours:8.0f} images/s")
-    print(f"ratio {ours / plain:.2f}x (our engine / seed loop)", flush=True)
+    speed, peaks = images_per_second(args.batches, args.rounds, args.data, args.device, ("seed", "ours", "recording"))
+    print(f"seed loop (DataLoader + transforms):     {speed['seed']:8.0f} images/s")
+    print(f"our engine (Trainer):                    {speed['ours']:8.0f} images/s")
+    print(f"our engine, recording steps to a store:  {speed['recording']:8.0f} images/s "
+          f"({100 * (1 - speed['recording'] / speed['ours']):.1f}% slower than without it)")
+    print(f"ratio {speed['ours'] / speed['seed']:.2f}x (our engine / seed loop)", flush=True)
 
     if not args.skip_time_to_target:
         config = recipe("Model3", "reference", device=args.device)

@@ -77,6 +77,26 @@ steps_table = sa.Table(  # points within epochs, a few a second at most (core.wo
     sa.Column("train_acc", sa.Float),
     sa.Column("lr", sa.Float),
 )
+layer_health_table = sa.Table(  # per layer, one optimizer step every few seconds (core.health.UpdateWatch)
+    "layer_health",
+    metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True),
+    sa.Column("layer", sa.String(64), primary_key=True),
+    sa.Column("epoch", sa.Float, nullable=False),  # fractional, like steps.epoch
+    sa.Column("weight_norm", sa.Float),
+    sa.Column("grad_norm", sa.Float),
+    sa.Column("update_ratio", sa.Float),  # ||w_after - w_before|| / ||w_after|| of that step
+)
+activations_table = sa.Table(  # per ReLU block at the end of each epoch, on a fixed test batch
+    "activations",
+    metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("epoch", sa.Integer, primary_key=True),
+    sa.Column("block", sa.String(64), primary_key=True),
+    sa.Column("dead_frac", sa.Float),  # units that never fire on the batch
+    sa.Column("histogram", sa.Text),  # JSON {"counts": [...], "edges": [...]}
+)
 checkpoints_table = sa.Table(
     "checkpoints",
     metadata,
@@ -92,7 +112,7 @@ schema_table = sa.Table(
 )
 sa.Index("runs_status", runs_table.c.status)
 sa.Index("runs_sweep", runs_table.c.sweep)
-SCHEMA_VERSION = 3  # bump with a schema change; an older store gets missing columns by ALTER TABLE ... ADD COLUMN
+SCHEMA_VERSION = 4  # bump with a schema change; an older store gets missing columns by ALTER TABLE ... ADD COLUMN
 
 
 class StoreError(RuntimeError):
@@ -441,7 +461,7 @@ class RunStore:
 
     def delete_run(self, run_id: int) -> None:
         with self._tx() as c:
-            for t in (epochs_table, steps_table, checkpoints_table):
+            for t in (epochs_table, steps_table, layer_health_table, activations_table, checkpoints_table):
                 c.execute(t.delete().where(t.c.run_id == run_id))
             c.execute(runs_table.delete().where(runs_table.c.id == run_id))
         if self.folder:
@@ -481,7 +501,8 @@ class RunStore:
         trained again) and set the run's progress back to that epoch."""
         with self._tx() as c:
             c.execute(epochs_table.delete().where(epochs_table.c.run_id == run_id, epochs_table.c.epoch > after))
-            c.execute(steps_table.delete().where(steps_table.c.run_id == run_id, steps_table.c.epoch > after))
+            for t in (steps_table, layer_health_table, activations_table):
+                c.execute(t.delete().where(t.c.run_id == run_id, t.c.epoch > after))
             best = c.execute(
                 sa.select(sa.func.max(epochs_table.c.test_acc)).where(epochs_table.c.run_id == run_id)
             ).scalar()
@@ -511,6 +532,38 @@ class RunStore:
              .order_by(inner.c.step))
         with self._tx(write=False) as c:
             return [dict(r) for r in c.execute(q).mappings()]
+
+    def record_layer_health(self, run_id: int, step: int, epoch: float, rows: list[dict]) -> None:
+        """One optimizer step's per-layer norms and update ratio (core.health.UpdateWatch.measure)."""
+        with self._tx() as c:
+            c.execute(layer_health_table.insert(), [{"run_id": run_id, "step": step, "epoch": epoch, **r} for r in rows])
+
+    def layer_health(self, run_id: int, max_steps: int = 200) -> list[dict]:
+        """Per-layer rows of at most about `max_steps` measured steps (evenly thinned in the query), step order."""
+        t = layer_health_table
+        ranked = sa.select(t.c.step, sa.func.row_number().over(order_by=t.c.step).label("rn"),
+                           sa.func.count().over().label("total")).where(t.c.run_id == run_id).group_by(t.c.step).subquery()
+        stride = (ranked.c.total + max_steps - 1) // max_steps
+        kept = sa.select(ranked.c.step).where(sa.or_((ranked.c.rn - 1) % stride == 0, ranked.c.rn == ranked.c.total))
+        q = t.select().where(t.c.run_id == run_id, t.c.step.in_(kept)).order_by(t.c.step, t.c.layer)
+        with self._tx(write=False) as c:
+            return [dict(r) for r in c.execute(q).mappings()]
+
+    def record_activations(self, run_id: int, epoch: int, rows: list[dict]) -> None:
+        """Per block at the end of an epoch: dead-unit fraction and histogram (core.health.activation_stats)."""
+        with self._tx() as c:
+            c.execute(activations_table.insert(), [
+                {"run_id": run_id, "epoch": epoch, "block": r["block"], "dead_frac": r["dead_frac"],
+                 "histogram": json.dumps({"counts": r["counts"], "edges": r["edges"]})} for r in rows])
+
+    def activations(self, run_id: int, epoch: int | None = None) -> list[dict]:
+        """Rows of one epoch (default: the newest recorded), block order as recorded, histograms decoded."""
+        t = activations_table
+        with self._tx(write=False) as c:
+            if epoch is None:
+                epoch = c.execute(sa.select(sa.func.max(t.c.epoch)).where(t.c.run_id == run_id)).scalar()
+            rows = c.execute(t.select().where(t.c.run_id == run_id, t.c.epoch == epoch).order_by(t.c.block)).mappings().all()
+        return [{**r, "histogram": json.loads(r["histogram"])} for r in rows]
 
     def epochs(self, run_id: int) -> list[dict]:
         with self._tx(write=False) as c:
@@ -670,7 +723,7 @@ class RunStore:
     def delete_runs_labelled(self, label: str) -> None:
         with self._tx() as c:
             gone = sa.select(runs_table.c.id).where(runs_table.c.label == label)
-            for t in (epochs_table, steps_table, checkpoints_table):
+            for t in (epochs_table, steps_table, layer_health_table, activations_table, checkpoints_table):
                 c.execute(t.delete().where(t.c.run_id.in_(gone)))
             c.execute(runs_table.delete().where(runs_table.c.label == label))
 

@@ -20,10 +20,13 @@ from collections.abc import Callable, Iterator
 
 from core.config import ConfigError
 from core.data import DataError, load_mnist
+from core.health import UpdateWatch, activation_stats
 from core.runs import RESUME_KEYS, Run, RunStore, StoreError
 from core.train import EpochResult, StopRequested, Trainer, TrainingDiverged
 
-POLL_SECONDS = 0.5  # how often progress is written and the stop flag read
+POLL_SECONDS = 0.5  # how often progress and a step point are written and the stop flag read
+HEALTH_SECONDS = 3.0  # how often one optimizer step's layer health is measured and written
+HEALTH_BATCH = 256  # test images whose activations are summarised at the end of each epoch
 LOCAL_SLOTS = int(os.environ.get("MNIST_LAB_LOCAL_SLOTS", "1"))  # runs training at once on one host
 
 Log = Callable[[str], None]
@@ -116,12 +119,19 @@ class ProgressReporter:
                  on_batch: Callable[[int, int], None] | None):
         self.store, self.run_id, self.trainer, self.signalled, self.on_batch = store, run_id, trainer, signalled, on_batch
         self.last_write = time.monotonic()  # the first point comes after POLL_SECONDS of batches
+        self.last_health = self.last_write - HEALTH_SECONDS + 1.0  # the first after a second
+        self.watch = UpdateWatch(trainer.model)
         self.stop_asked_in_store = False
 
     def batch_done(self, done: int, total: int) -> None:
         if self.on_batch:
             self.on_batch(done, total)
         now = time.monotonic()
+        if self.watch.armed:  # the step after arming: measure it
+            self.store.record_layer_health(self.run_id, *self.trainer.position(), self.watch.measure())
+        elif now - self.last_health >= HEALTH_SECONDS and done < total:
+            self.last_health = now
+            self.watch.arm()
         if now - self.last_write >= POLL_SECONDS:
             self.last_write = now
             self.store.record_progress(self.run_id, done, total, self.trainer.window())
@@ -190,8 +200,10 @@ def resume(store: RunStore, run: Run, trainer: Trainer, log: Log) -> None:
 
 
 def record_epoch(store: RunStore, run_id: int, trainer: Trainer, result: EpochResult, improved: bool) -> None:
-    """The epoch's row, then the best checkpoint (when the test accuracy improved), then the last one."""
+    """The epoch's row and activation summary, then the best checkpoint (when the test accuracy improved),
+    then the last one."""
     store.add_epoch(run_id, result)
+    store.record_activations(run_id, result.epoch, activation_stats(trainer.model, trainer.data.test_x[:HEALTH_BATCH]))
     state = {**trainer.state_dict(), "result": dataclasses.asdict(result)}
     if improved:
         store.save_checkpoint(run_id, "best", {**state, "epoch": result.epoch})

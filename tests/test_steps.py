@@ -56,3 +56,46 @@ def test_a_resumed_run_keeps_its_step_points_without_duplicates(store_url, tmp_p
     assert steps == sorted(set(steps))  # ...were replaced when epoch 2 was trained again: no duplicates
     assert steps[-1] == 30 and len(steps) >= 25 and rows[-1]["epoch"] == 3.0
     assert all(0 <= r["train_acc"] <= 100 and r["train_loss"] > 0 for r in rows)
+
+
+def test_update_watch_tells_a_stuck_layer_from_a_learning_one():
+    import torch
+
+    from core.health import UpdateWatch
+    from core.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("Model3")
+    stuck = model.convblock4[0].weight
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    watch = UpdateWatch(model)
+    watch.arm()
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(16, 1, 28, 28)), torch.randint(0, 10, (16,)))
+    loss.backward()
+    stuck.grad.zero_()  # this layer gets no gradient: it cannot learn
+    opt.step()
+    rows = {r["layer"]: r for r in watch.measure()}
+    assert len(rows) == 8 and not watch.armed  # seven convs and the head
+    assert rows["convblock4.0"]["update_ratio"] == 0.0 and rows["convblock4.0"]["grad_norm"] == 0.0
+    others = [r["update_ratio"] for name, r in rows.items() if name != "convblock4.0"]
+    assert all(1e-5 < u < 1 for u in others), others
+
+
+def test_training_records_layer_health_and_activation_summaries(store_url, tmp_path, monkeypatch):
+    import core.worker as worker
+
+    monkeypatch.setattr(worker, "HEALTH_SECONDS", 0.0)  # measure every other step
+    root = make_synthetic_mnist(tmp_path / "mnist", n_train=320, n_test=128)
+    store = RunStore(store_url)
+    run_id = store.create_run(TrainConfig(model="Model3", epochs=2, batch_size=64, device="cpu"))
+    assert execute_run(run_id, store, str(root), max_running=None, log=lambda s: None) == "finished"
+    health = store.layer_health(run_id)
+    layers = {r["layer"] for r in health}
+    assert layers == {f"convblock{i}.0" for i in range(1, 8)} | {"head"}
+    assert all(r["weight_norm"] > 0 and 0 < r["update_ratio"] < 1 for r in health)
+    assert len({r["step"] for r in store.layer_health(run_id, max_steps=2)}) <= 3  # thinned by step, all layers kept
+    acts = store.activations(run_id)
+    assert [r["block"] for r in acts] == [f"convblock{i}" for i in range(1, 8)] and {r["epoch"] for r in acts} == {2}
+    first = acts[0]
+    assert 0 <= first["dead_frac"] <= 1 and sum(first["histogram"]["counts"]) == 128 * 8 * 26 * 26
+    assert len(store.activations(run_id, epoch=1)) == 7

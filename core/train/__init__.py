@@ -245,9 +245,12 @@ class Trainer:
         loss_now, correct_now = loss_sum.item(), int(correct.item())
         self._window_start = (loss_now, correct_now, seen)
         n = seen - seen_then
-        step = epoch * self.steps_per_epoch + -(-seen // self.config.batch_size)
-        return StepPoint(step, epoch + seen / len(self.data.train_y), (loss_now - loss_then) / n,
-                         100.0 * (correct_now - correct_then) / n, self.lr())
+        return StepPoint(*self.position(), (loss_now - loss_then) / n, 100.0 * (correct_now - correct_then) / n, self.lr())
+
+    def position(self) -> tuple[int, float]:
+        """(global optimizer step, fractional epoch) after the last batch trained."""
+        _, _, seen, epoch = self._running
+        return epoch * self.steps_per_epoch + -(-seen // self.config.batch_size), epoch + seen / len(self.data.train_y)
 
     def diverged(self, epoch: int, loss: float) -> None:
         raise TrainingDiverged(
