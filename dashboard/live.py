@@ -106,12 +106,6 @@ class Pace:
             typical = statistics.median(self._took) if self._took else 0.0
         return float(min(MAX_REFRESH_S, max(REFRESH_S, math.ceil(BUSY_FACTOR * typical))))
 
-    def should_change(self, every: float) -> bool:
-        """True when the interval now due is at least twice or at most half of `every` (so a view
-        declared with `every` is redeclared rarely, not on every small swing)."""
-        due = self.interval()
-        return due >= 2 * every or due <= every / 2
-
 
 shared = SharedReads()
 pace = Pace()

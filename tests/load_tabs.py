@@ -4,8 +4,9 @@ Starts `streamlit run dashboard/Home.py` on a loopback port over a fresh run sto
 Chromium on /Train?run=1, then trains a small real run (Model2, 6,000 images) into that store. Each tab notes,
 in the page itself, when its "N epoch(s) recorded" caption first shows each epoch and every change of its
 progress line; this script polls the store for the time each epoch row appears. Reports, per tab, the lag
-of each epoch (shown - written), the longest wait between two progress updates, and the server's own CPU
-and RSS (/proc of the streamlit process; the browser shares the machine).
+of each epoch (shown - written; and delivered - written, when the caption's message reached the tab's
+websocket, before the browser rendered it), the longest wait between two progress updates, and the CPU
+of the server (and its RSS) and of the browser, from /proc (the browser shares the machine).
 
     MNIST_ROOT=/work/shared .venv/bin/python tests/load_tabs.py --tabs 20 --json before.json
     ... --root /tmp/other-checkout   # serve another checkout of the project (e.g. the previous commit)
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -35,7 +37,10 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Runs in every tab before the page loads: records (Date.now() ms) the first time each epoch count shows in
 # the caption, and every change of the progress line. Checks are batched: at most one per 50 ms per tab.
 WATCHER = r"""
-window.__epochs = {}; window.__progress = []; let pending = false, last = "";
+// kept in sessionStorage too, so that a reload of the tab (counted in __loads) keeps what it saw
+const saved = JSON.parse(sessionStorage.getItem("watch") || '{"epochs": {}, "progress": [], "loads": 0}');
+window.__epochs = saved.epochs; window.__progress = saved.progress; window.__loads = saved.loads + 1;
+let pending = false, last = "";
 function check() {
   pending = false;
   const now = Date.now();
@@ -46,6 +51,7 @@ function check() {
   const bar = document.querySelector('[data-testid="stProgress"]');
   const text = bar ? bar.textContent : "";
   if (text && text !== last) { last = text; window.__progress.push([now, text]); }
+  sessionStorage.setItem("watch", JSON.stringify({epochs: window.__epochs, progress: window.__progress, loads: window.__loads}));
 }
 new MutationObserver(() => { if (!pending) { pending = true; setTimeout(check, 50); } })
   .observe(document, {subtree: true, childList: true, characterData: true});
@@ -67,6 +73,29 @@ def proc_sample(pid: int) -> tuple[float, int]:
     with open(f"/proc/{pid}/statm") as f:
         rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return cpu, rss
+
+
+def browser_cpu(exclude: set[int]) -> float:
+    """CPU seconds used so far by this script's other descendants (Playwright's driver and Chromium)."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    mine, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - mine
+        mine |= frontier
+    total = 0.0
+    for pid in mine - exclude:
+        try:
+            total += proc_sample(pid)[0]
+        except (OSError, IndexError):
+            pass
+    return total
 
 
 def start_server(root: Path, db_url: str, folder: Path) -> tuple[subprocess.Popen, str]:
@@ -100,6 +129,7 @@ def main() -> int:
     p.add_argument("--train-limit", type=int, default=3000, help="training images per epoch")
     p.add_argument("--open-timeout", type=float, default=60.0, help="seconds for the tabs to show the run, at most")
     p.add_argument("--budget", type=float, default=100.0, help="seconds of training watched, at most")
+    p.add_argument("--one-browser", action="store_true", help="all tabs in one browser context (shared connections)")
     p.add_argument("--root", type=Path, default=ROOT, help="the project checkout to serve")
     p.add_argument("--json", type=Path, default=None, help="write the figures here as JSON")
     a = p.parse_args()
@@ -121,11 +151,25 @@ def main() -> int:
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.add_init_script(WATCHER)
+            shared = browser.new_context(viewport={"width": 1400, "height": 1000})
+
+            def new_tab():
+                """A tab in its own browser context (a student's own browser: its own connections to the server)
+                unless --one-browser (tabs of one browser share ~6 connections per host)."""
+                context = shared if a.one_browser else browser.new_context(viewport={"width": 1400, "height": 1000})
+                context.add_init_script(WATCHER)
+                return context.new_page()
             pages = []
-            for _ in range(a.tabs):  # all tabs connect at once, as a class opening the link would
-                pg = context.new_page()
+            delivered: list[dict[int, float]] = [{} for _ in range(a.tabs)]  # per tab: epoch -> time its caption arrived
+
+            def on_frame(tab: int, payload: bytes | str) -> None:
+                data = payload.encode() if isinstance(payload, str) else payload
+                for m in re.finditer(rb"(\d+) epoch\(s\) recorded", data):
+                    delivered[tab].setdefault(int(m[1]), time.time())
+
+            for i in range(a.tabs):  # all tabs connect at once, as a class opening the link would
+                pg = new_tab()
+                pg.on("websocket", lambda ws, i=i: ws.on("framereceived", lambda payload, i=i: on_frame(i, payload)))
                 pg.set_default_timeout(60_000)
                 pg.goto(f"{base}/Train?run={run_id}", wait_until="commit")
                 pages.append(pg)
@@ -149,11 +193,12 @@ def main() -> int:
                         written.setdefault(r["epoch"], now)
                     time.sleep(0.1)
 
-            samples: list[tuple[float, float, int]] = []  # (monotonic, server cpu s, server rss bytes)
+            samples: list[tuple[float, float, int, float]] = []  # (monotonic, server cpu s, rss bytes, browser cpu s)
 
             def poll_server() -> None:
                 while not done.is_set():
-                    samples.append((time.monotonic(), *proc_sample(server.pid)))
+                    others = {server.pid, trainer.pid if trainer else -1}
+                    samples.append((time.monotonic(), *proc_sample(server.pid), browser_cpu(others)))
                     time.sleep(1.0)
 
             threads = [threading.Thread(target=f, daemon=True) for f in (poll_store, poll_server)]
@@ -178,7 +223,8 @@ def main() -> int:
             done.set()
             for t in threads:
                 t.join()
-            tabs = [pg.evaluate("[window.__epochs, window.__progress]") for pg in pages]
+            tabs = [pg.evaluate("[window.__epochs, window.__progress, window.__loads]") for pg in pages]
+            pages[0].screenshot(path=str(folder / "tab0.png"))
             browser.close()
     finally:
         if trainer and trainer.poll() is None:
@@ -190,21 +236,26 @@ def main() -> int:
             server.kill()
 
     lags: list[float] = []
+    delivery: list[float] = []  # written -> the caption's message reached the tab's websocket (before rendering)
     per_tab = []
-    for epochs_seen, progress in tabs:
+    for (epochs_seen, progress, loads), arrived in zip(tabs, delivered, strict=True):
         seen = {int(k): v / 1000 for k, v in epochs_seen.items()}
         tab_lags = {e: round(seen[e] - w, 2) for e, w in written.items() if e in seen}
+        delivery += [arrived[e] - w for e, w in written.items() if e in arrived]
         missed = sorted(e for e in written if e not in seen)
         times = [t / 1000 for t, _ in progress]
         gaps = [b - a_ for a_, b in zip(times, times[1:], strict=False)]
         lags += tab_lags.values()
-        per_tab.append({"max_lag_s": max(tab_lags.values(), default=None), "missed_epochs": missed,
+        per_tab.append({"max_lag_s": max(tab_lags.values(), default=None), "missed_epochs": missed, "loads": loads,
                         "progress_updates": len(progress), "longest_gap_s": round(max(gaps, default=0.0), 1)})
     cpu_window = [s for s in samples if s[0] >= t_train]
-    cpu = (cpu_window[-1][1] - cpu_window[0][1]) / (cpu_window[-1][0] - cpu_window[0][0]) if len(cpu_window) > 1 else None
+    span = cpu_window[-1][0] - cpu_window[0][0] if len(cpu_window) > 1 else None
+    cpu = (cpu_window[-1][1] - cpu_window[0][1]) / span if span else None
+    browser = (cpu_window[-1][3] - cpu_window[0][3]) / span if span else None
     epoch_s = [written[e] - written[e - 1] for e in sorted(written) if e - 1 in written]
     report = {
         "tabs": a.tabs,
+        "one_browser": a.one_browser,
         "tabs_loaded": loaded,
         "open_s": round(open_s, 1),
         "epochs_written": len(written),
@@ -215,9 +266,15 @@ def main() -> int:
             "p90": round(sorted(lags)[round(0.9 * (len(lags) - 1))], 2) if lags else None,
             "max": round(max(lags), 2) if lags else None,
         },
+        "delivery_lag_s": {
+            "median": round(statistics.median(delivery), 2) if delivery else None,
+            "max": round(max(delivery), 2) if delivery else None,
+            "missed": len(written) * a.tabs - len(delivery),
+        },
         "tab_epochs_missed": sum(len(t["missed_epochs"]) for t in per_tab),
         "tabs_within_2s": sum(1 for t in per_tab if not t["missed_epochs"] and (t["max_lag_s"] or 0) <= 2.0),
-        "server_cpu_cores": round(cpu, 2) if cpu is not None else None,
+        "server_cpu_cores": round(cpu, 2) if cpu is not None else None,  # while training, mean
+        "browser_cpu_cores": round(browser, 2) if browser is not None else None,
         "server_rss_mb_peak": round(max(s[2] for s in samples) / 2**20) if samples else None,
         "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # at start, at end
         "per_tab": per_tab,

@@ -103,10 +103,8 @@ def live_run(run_id: int, every: float | None) -> None:
     with st.expander("Config"):
         st.json(run.config.to_json())
     live.pace.record(time.perf_counter() - started)
-    if every and (not run.active or live.pace.should_change(every)):
-        # the run ended: refresh the whole page (the model pickers elsewhere too); or the server got busier or
-        # quieter: redeclare this fragment with a new interval (a fragment's run_every is fixed per page run)
-        st.rerun(scope="app")
+    if every and not run.active:
+        st.rerun(scope="app")  # the run ended: refresh the whole page (the model pickers elsewhere too)
 
 
 def main() -> None:
@@ -124,7 +122,9 @@ def main() -> None:
             active = live.watch(run_id).run.active
         except StoreError:
             active = False
-        # redrawn on a timer while the run is queued or training (every second, longer when the server is busy)
+        # redrawn on a timer while the run is queued or training: every second, longer when the server was busy
+        # as the page opened (the interval of a fragment is fixed per page run; redeclaring it from the fragment
+        # would take a whole-page rerun, which under load cost more than it saved)
         every = live.pace.interval() if active else None
         st.fragment(live_run, run_every=every)(run_id, every)
 
