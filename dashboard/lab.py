@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 import torch.nn as nn
@@ -159,3 +160,14 @@ def summarise(rows: list[dict]) -> dict:
         "epochs": len(rows),
         "time (s)": round(sum(r["seconds"] or 0 for r in rows), 1),
     }
+
+
+def saliency_picture(picture: np.ndarray, scores: np.ndarray, scale: int = 5) -> np.ndarray:
+    """A 28x28 reading (uint8, white ink) with a saliency map laid over it, as an RGB picture `scale` times
+    larger: red where a pixel's ink spoke for the digit, blue where it spoke against, grey ink elsewhere."""
+    grey = picture.astype(np.float32) / 255.0 * 0.45
+    top = float(np.abs(scores).max()) or 1.0
+    pos, neg = np.clip(scores / top, 0, 1), np.clip(-scores / top, 0, 1)
+    rgb = np.stack([grey + pos * 0.9, grey, grey + neg * 0.9], axis=-1)
+    rgb = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    return np.kron(rgb, np.ones((scale, scale, 1), np.uint8))

@@ -7,6 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.explain import saliency
 from core.inference import probabilities
 from core.predict import EmptyImageError, as_picture, decode_picture, read_picture
 from core.runs import StoreError
@@ -34,9 +35,12 @@ def read_upload(upload) -> np.ndarray | None:
 
 
 def probability_bars(p: np.ndarray) -> go.Figure:
-    fig = go.Figure(go.Bar(x=[str(d) for d in range(10)], y=p * 100, marker_color=["#e45756" if d == p.argmax() else "#4c78a8" for d in range(10)]))
+    digits = [str(d) for d in range(10)]
+    fig = go.Figure(go.Bar(x=digits, y=p * 100, marker_color=["#e45756" if d == p.argmax() else "#4c78a8" for d in range(10)],
+                           hovertemplate="digit %{x}: %{y:.1f}%<extra></extra>"))
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="Probability of each digit",
-                      yaxis=dict(title="%", range=[0, 100]), xaxis_title="digit")
+                      yaxis=dict(title="%", range=[0, 100]),
+                      xaxis=dict(title="digit", type="category", tickmode="array", tickvals=digits, ticktext=digits))
     return fig
 
 
@@ -85,14 +89,24 @@ def main() -> None:
             st.image(np.kron(as_picture(x), np.ones((5, 5), np.uint8)), caption=f"What a model would see (28x28){cleaned}")
             return
         try:
-            p = probabilities(lab.model_for(choice), x)[0]
+            model = lab.model_for(choice)
         except StoreError as e:
             st.error(str(e))
             return
+        p = probabilities(model, x)[0]
+        best, runner = (int(d) for d in np.argsort(-p)[:2])
         c1, c2 = st.columns([1, 1])
-        c1.metric("Prediction", str(int(p.argmax())), f"{p.max() * 100:.1f}% confident", delta_color="off", delta_arrow="off")
+        c1.metric("Prediction", str(best), f"{p.max() * 100:.1f}% confident", delta_color="off", delta_arrow="off")
         c2.image(np.kron(as_picture(x), np.ones((5, 5), np.uint8)), caption=f"What the model sees (28x28){cleaned}")
         st.plotly_chart(probability_bars(p), key="bars")
+        s1, s2 = st.columns([1, 1])
+        picture = as_picture(x)
+        s1.image(lab.saliency_picture(picture, saliency(model, x, best)),
+                 caption=f"Why {best}: red ink spoke for it, blue against")
+        s2.image(lab.saliency_picture(picture, saliency(model, x, runner)),
+                 caption=f"What spoke for {runner} ({p[runner] * 100:.1f}%), the runner-up")
+        st.caption("Saliency: integrated gradients from a blank picture (core/explain.py); erasing the pixels it "
+                   "ranks highest lowers the model's confidence faster than erasing random ink (tests/test_explain.py).")
 
     st.subheader("Every variant")
     choices = lab.trained_models()
