@@ -129,6 +129,7 @@ def main() -> int:
     p.add_argument("--train-limit", type=int, default=3000, help="training images per epoch")
     p.add_argument("--open-timeout", type=float, default=60.0, help="seconds for the tabs to show the run, at most")
     p.add_argument("--budget", type=float, default=100.0, help="seconds of training watched, at most")
+    p.add_argument("--trainer-cpus", type=int, default=1, help="cores the training process may use (0: all)")
     p.add_argument("--one-browser", action="store_true", help="all tabs in one browser context (shared connections)")
     p.add_argument("--root", type=Path, default=ROOT, help="the project checkout to serve")
     p.add_argument("--json", type=Path, default=None, help="write the figures here as JSON")
@@ -207,7 +208,11 @@ def main() -> int:
             cmd = [sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", db_url, "--quiet"]
             if os.environ.get("MNIST_ROOT"):
                 cmd += ["--data", os.environ["MNIST_ROOT"]]
-            trainer = subprocess.Popen(cmd, cwd=a.root, stdout=open(folder / "train.log", "wb"), stderr=subprocess.STDOUT)
+            # the trainer on one core (its torch threads follow its affinity), so that it does not starve the server
+            # and the browser of a 2-core machine: lags then measure the dashboard, not the trainer's spinning threads
+            cpus = set(sorted(os.sched_getaffinity(0))[: a.trainer_cpus]) if a.trainer_cpus else None
+            trainer = subprocess.Popen(cmd, cwd=a.root, stdout=open(folder / "train.log", "wb"), stderr=subprocess.STDOUT,
+                                       preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
             t_train = time.monotonic()
             # keep the browser's event loop turning (the watcher runs in the pages themselves)
             while trainer.poll() is None and time.monotonic() < deadline:
