@@ -142,3 +142,14 @@ def parse_overrides(items: list[str]) -> dict:
         except json.JSONDecodeError:
             overrides[key] = value
     return overrides
+
+
+def config_diff(configs: dict[str, TrainConfig]) -> list[dict]:
+    """The settings that differ between the named configs: one row per setting, {"setting": name, <label>:
+    value, ...}, in TrainConfig's field order ("what did I change" between runs)."""
+    rows = []
+    for f in fields(TrainConfig):
+        values = {label: getattr(c, f.name) for label, c in configs.items()}
+        if len({json.dumps(v) for v in values.values()}) > 1:
+            rows.append({"setting": f.name, **values})
+    return rows

@@ -333,3 +333,11 @@ def test_a_checkpoint_that_is_no_lab_model_is_one_line_on_inspect(store_url):
         assert not at.exception, at.exception
         assert [e.value for e in at.error if f"run {run_id}" in e.value and "of this lab" in e.value], [
             e.value for e in at.error]
+
+
+def test_compare_shows_the_settings_that_differ_between_the_chosen_runs(store_url):
+    at = open_page("views/Compare.py")
+    assert len(at.multiselect(key="runs").value) > 1  # the shipped progression
+    assert any(s.value == "What differs between their settings" for s in at.subheader)
+    diff = at.dataframe[-1].value
+    assert "model" in diff.index and "lr" in diff.index and "rotate_deg" not in diff.index

@@ -89,3 +89,15 @@ def test_command_line_overrides_read_json_else_strings():
         "lr": 0.05, "nesterov": True, "dropout": None, "optimizer": "adam"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_overrides(["lr"])
+
+
+def test_config_diff_lists_only_the_settings_that_differ():
+    from core.config import TrainConfig, config_diff, recipe
+
+    rows = config_diff({"seed": recipe("Model3", "seed"), "tuned": recipe("Model3", "reference"),
+                        "tiny": recipe("Tiny4k", "reference")})
+    settings = [r["setting"] for r in rows]
+    assert "model" in settings and "lr" in settings and "scheduler" in settings and "rotate_deg" not in settings
+    lr = next(r for r in rows if r["setting"] == "lr")
+    assert (lr["seed"], lr["tuned"], lr["tiny"]) == (0.01, 0.05, 0.1)
+    assert config_diff({"a": TrainConfig(), "b": TrainConfig()}) == []

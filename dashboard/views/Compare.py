@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from core.config import TrainConfig, config_diff
 from core.reference import reference_info, reference_names, seed_recipe_info, seed_recipe_names
 
 
@@ -22,10 +23,11 @@ class Comparable:
     epochs: list[dict] = field(default_factory=list)  # per-epoch dicts
     run_id: int | None = None  # None for a reference
     has_epochs: bool = False  # a run with a recorded epoch: a candidate for the default choice
+    config: TrainConfig | None = None
 
 
 def shipped(name: str, info: dict) -> Comparable:
-    return Comparable(name, "reference", info["params"], info["epochs"])
+    return Comparable(name, "reference", info["params"], info["epochs"], config=TrainConfig.from_dict(info["config"]))
 
 
 def main() -> None:
@@ -48,7 +50,7 @@ def main() -> None:
         if k not in options and k not in listed and (r := lab.run_of_label(store, k)):
             listed[k] = r
     for k, r in listed.items():
-        options[k] = Comparable(r.model, r.status, r.params, run_id=r.id, has_epochs=r.epoch > 0)
+        options[k] = Comparable(r.model, r.status, r.params, run_id=r.id, has_epochs=r.epoch > 0, config=r.config)
     if not options:
         st.info("Nothing to compare yet. " + lab.NO_MODEL_HINT)
         return
@@ -83,6 +85,13 @@ def main() -> None:
     )
     st.subheader("Summary")
     st.dataframe(table, hide_index=True, width="stretch")
+    differ = config_diff({k: options[k].config for k in chosen if options[k].config is not None})
+    if len(chosen) > 1:
+        st.subheader("What differs between their settings")
+        if differ:
+            st.dataframe(pd.DataFrame(differ).set_index("setting").astype(str), width="stretch")
+        else:
+            st.caption("The chosen runs share every setting.")
     st.download_button("Download CSV", table.to_csv(index=False), "mnist-lab-compare.csv", "text/csv", key="csv")
 
     scored = table.dropna(subset=["best test %"])
