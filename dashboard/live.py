@@ -21,7 +21,7 @@ import streamlit as st
 
 from core.runs import Run, RunStore
 
-READ_TTL = 0.3  # seconds one read of a run serves every session; well under REFRESH_S, so a new epoch shows within ~1.3 s
+READ_TTL = 0.3  # seconds one read of a run serves every session (adds at most this to a new epoch's lag)
 RECONCILE_S = 5.0  # seconds between checks for runs whose training process died (marks them interrupted)
 REFRESH_S = 1.0  # seconds between refreshes of a live view on an idle server
 MAX_REFRESH_S = 5.0  # ... and at most this, however busy the server
