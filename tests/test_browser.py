@@ -191,5 +191,5 @@ def test_every_page_train_live_and_draw_a_digit(server, page):
     bogus = SHOTS.parent / "not-a-picture.png"
     bogus.write_bytes(b"this is not a PNG")
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(bogus))
-    page.get_by_text("not a readable picture (PNG, JPEG, WebP, BMP or GIF)").wait_for()
+    page.get_by_text("not a readable picture: upload a PNG, JPEG, WebP, BMP or GIF").wait_for()
     assert time.monotonic() - t0 < 180
