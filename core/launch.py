@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core import PROJECT_ROOT, ray_exec
 from core.config import TrainConfig
-from core.runs import Run, RunStore, pid_alive
+from core.runs import Run, RunStore, StoreError, pid_alive
 
 
 def log_path(store: RunStore, run_id: int) -> Path:
@@ -36,19 +36,34 @@ def start_run(
     store.reconcile()  # a slot held by a process that died is freed before this run queues for it
     # This process answers for the run until its training process takes over (Ray's queue owns it on Ray).
     run_id = store.create_run(config, label=label, params=config.parameter_count(), pid=None if address else os.getpid())
+    launch(store, run_id, config, data_root, address)
+    return run_id
+
+
+def resume_run(store: RunStore, run_id: int, data_root: str | None = None, ray: str | None = None) -> None:
+    """Queue a stopped, interrupted or failed run again and launch it like `start_run`: it waits for the
+    machine's slot like any new run, then continues from its last checkpoint at the next epoch boundary."""
+    address = ray or ray_exec.ray_address()
+    store.reconcile()
+    if not store.requeue(run_id, pid=None if address else os.getpid()):
+        raise StoreError(f"run {run_id} is {store.get(run_id).status}: only a stopped, interrupted or failed run resumes")
+    launch(store, run_id, store.get(run_id).config, data_root, address)
+
+
+def launch(store: RunStore, run_id: int, config: TrainConfig, data_root: str | None, address: str | None) -> None:
+    """Start the training process of a queued run: on Ray when `address` is given, else a local subprocess."""
     if address:
         try:
             ray_exec.submit_run(run_id, store.url, data_root, address, config.device, only_if_queued=True)
         except ray_exec.RayError as e:
             store.finish(run_id, "failed", str(e))
             raise
-        return run_id
+        return
     cmd = [sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", store.url, "--quiet", "--if-queued"]
     if data_root:
         cmd += ["--data", str(data_root)]
     proc = spawn_detached(cmd, log_path(store, run_id))
     store.update(run_id, pid=proc.pid)
-    return run_id
 
 
 def spawn_detached(cmd: list[str], log: Path) -> subprocess.Popen:

@@ -49,6 +49,19 @@ def seed_recipe_info(name: str) -> dict:
     return reference_info(name, REFERENCE_DIR / SEED_RECIPE_DIR)
 
 
+def reference_for(config: TrainConfig) -> tuple[str, dict] | None:
+    """The shipped run to set beside a run of `config`: the same variant under the same recipe when one
+    ships (the seed's, or our tuned one), else the variant's reference; None when none ships.
+    Returns (what it is, its reference_info)."""
+    name = config.model
+    seed = recipe(name, "seed")
+    if name in seed_recipe_names() and (config.scheduler, config.lr, config.batch_size) == (seed.scheduler, seed.lr, seed.batch_size):
+        return f"{name}, seed's recipe (reference)", seed_recipe_info(name)
+    if name in reference_names():
+        return f"{name} (reference)", reference_info(name)
+    return None
+
+
 def reference_info(name: str, folder: Path = REFERENCE_DIR) -> dict:
     """{"model", "config", "params", "epochs": [per-epoch dicts], "wall_seconds", "machine"}."""
     return json.loads((Path(folder) / f"{name}.json").read_text())

@@ -393,6 +393,19 @@ class RunStore:
             )
         return res.rowcount == 1
 
+    def requeue(self, run_id: int, pid: int | None = None) -> bool:
+        """Queue a stopped, interrupted or failed run again, to resume from its last checkpoint (the same run,
+        its curves continue); `pid` answers for it until its training process claims it (see create_run).
+        False when the run is in another state."""
+        with self._tx() as c:
+            res = c.execute(
+                runs_table.update()
+                .where(runs_table.c.id == run_id, runs_table.c.status.in_(("stopped", "interrupted", "failed")))
+                .values(status="queued", stop_requested=False, error=None, ended_at=None, pid=pid,
+                        host=socket.gethostname() if pid else None)
+            )
+        return res.rowcount == 1
+
     def finish(self, run_id: int, status: str, error: str | None = None) -> None:
         assert status in STATUSES
         self.update(run_id, status=status, ended_at=time.time(), error=error, stop_requested=False)

@@ -21,6 +21,7 @@ import streamlit as st
 
 from core.runs import Run, RunStore
 
+STEP_POINTS = 600  # step points a live chart draws at most (the store thins longer runs)
 READ_TTL = 0.3  # seconds one read of a run serves every session (adds at most this to a new epoch's lag)
 RECONCILE_S = 5.0  # seconds between checks for runs whose training process died (marks them interrupted)
 REFRESH_S = 1.0  # seconds between refreshes of a live view on an idle server
@@ -35,6 +36,7 @@ class RunView:
     run: Run
     epochs: list[dict]
     read_at: float  # time.monotonic() of the read
+    steps: tuple = ()  # step points within epochs (thinned in the query: at most ~STEP_POINTS)
 
     @property
     def best_test_acc(self) -> float | None:
@@ -51,7 +53,7 @@ def read_run(store: RunStore, run_id: int) -> RunView:
     run = store.get(run_id)  # StoreError when there is no such run
     if run.epoch > len(epochs):
         epochs = store.epochs(run_id)
-    return RunView(run, epochs, time.monotonic())
+    return RunView(run, epochs, time.monotonic(), tuple(store.steps(run_id, STEP_POINTS)))
 
 
 class SharedReads:
@@ -74,6 +76,11 @@ class SharedReads:
                 return
             self._reconciled[store.url] = now
         store.reconcile()
+
+    def forget(self, store: RunStore, run_id: int) -> None:
+        """Drop the shared view of a run this session just changed (resumed), so the next read is fresh."""
+        with self._lock:
+            self._views.pop((store.url, run_id), None)
 
     def view(self, store: RunStore, run_id: int) -> RunView:
         self.reconcile(store)
@@ -116,20 +123,85 @@ def watch(run_id: int) -> RunView:
     return shared.view(lab.store(), run_id)
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _charts(fingerprint: tuple, _rows: list[dict]) -> tuple[go.Figure, ...]:
-    rows = {"": _rows}
-    lr = lab.curves(rows, ["lr"], "Learning rate", "lr (log scale)")
-    lr.update_yaxes(type="log", exponentformat="power")
+GHOST = dict(color="rgba(120,120,120,0.45)", dash="dot")
+
+
+def _chart(title: str, y_title: str, view: RunView, step_key: str, epoch_key: str | None,
+           ghost: tuple[str, list[dict]] | None, log_y: bool = False) -> go.Figure:
+    """Per-step points as a line (x: fractional epoch), per-epoch test points as markers on the same axis,
+    and the reference run's per-epoch train/test curves faintly behind."""
+    fig = go.Figure()
+    if ghost:
+        label, rows = ghost
+        for key, dash in ((step_key, "dot"), (epoch_key, "dash")):
+            if key and rows and key in rows[0]:
+                fig.add_scatter(x=[r["epoch"] for r in rows], y=[r[key] for r in rows], mode="lines",
+                                name=f"{label}: {key.replace('_', ' ')}", line=dict(GHOST, dash=dash))
+    if view.steps:
+        fig.add_scatter(x=[r["epoch"] for r in view.steps], y=[r[step_key] for r in view.steps], mode="lines",
+                        name=f"run {view.run.id}: {step_key.replace('_', ' ')} (per step)", line=dict(color="#4c78a8"))
+    if epoch_key and view.epochs:
+        fig.add_scatter(x=[r["epoch"] for r in view.epochs], y=[r[epoch_key] for r in view.epochs],
+                        mode="lines+markers", name=f"run {view.run.id}: {epoch_key.replace('_', ' ')}",
+                        line=dict(color="#e45756"))
+    last = max(view.run.config.epochs, 1)
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=y_title, height=320,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
+    fig.update_xaxes(range=[0, last], tickmode="linear", tick0=0, dtick=max(1, -(-last // 8)))
+    if log_y:
+        fig.update_yaxes(type="log", exponentformat="power")
+    return fig
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _charts(fingerprint: tuple, _view: RunView, _ghost) -> tuple[go.Figure, ...]:
     return (
-        lab.curves(rows, ["train_acc", "test_acc"], "Accuracy", "%"),
-        lab.curves(rows, ["train_loss", "test_loss"], "Loss", "cross-entropy"),
-        lr,
+        _chart("Accuracy", "%", _view, "train_acc", "test_acc", _ghost),
+        _chart("Loss", "cross-entropy", _view, "train_loss", "test_loss", _ghost),
+        _chart("Learning rate", "lr (log scale)", _view, "lr", None, _ghost, log_y=True),
     )
 
 
-def training_charts(view: RunView) -> tuple[go.Figure, go.Figure, go.Figure]:
-    """Accuracy, loss and learning-rate charts of a view's epochs, built once per run and epoch list
-    for all sessions (the figures are shared: draw them, do not change them)."""
-    fingerprint = (view.run.id, tuple((r["epoch"], r["test_acc"], r["train_loss"]) for r in view.epochs))
-    return _charts(fingerprint, view.epochs)
+def training_charts(view: RunView, ghost: tuple[str, list[dict]] | None = None) -> tuple[go.Figure, go.Figure, go.Figure]:
+    """Accuracy, loss and learning-rate charts of a view (step points, epochs, and the reference `ghost`:
+    (label, per-epoch rows) or None), built once per run, data and ghost for all sessions (the figures are
+    shared: draw them, do not change them)."""
+    last_step = view.steps[-1]["step"] if view.steps else 0
+    fingerprint = (view.run.id, len(view.steps), last_step, ghost[0] if ghost else None,
+                   tuple((r["epoch"], r["test_acc"], r["train_loss"]) for r in view.epochs))
+    return _charts(fingerprint, view, ghost)
+
+
+def health_charts(store: RunStore, run_id: int) -> tuple[go.Figure | None, go.Figure | None, go.Figure | None]:
+    """Layer health of a run: update-to-weight ratio per layer over training (log scale, with the ~1e-3 a
+    learning layer shows), the fraction of never-firing ReLU units per block and the activation histograms
+    of the newest recorded epoch. None where nothing is recorded yet."""
+    rows = store.layer_health(run_id, max_steps=150)
+    ratio = None
+    if rows:
+        ratio = go.Figure()
+        for layer in dict.fromkeys(r["layer"] for r in rows):
+            mine = [r for r in rows if r["layer"] == layer and r["update_ratio"] > 0]
+            ratio.add_scatter(x=[r["epoch"] for r in mine], y=[r["update_ratio"] for r in mine], mode="lines", name=layer)
+        ratio.add_hline(y=1e-3, line=dict(color="grey", dash="dot"), annotation_text="~1e-3: learning")
+        ratio.update_layout(title="Update / weight per step, per layer", xaxis_title="epoch", height=320,
+                            yaxis=dict(type="log", exponentformat="power", title="||Δw|| / ||w||"),
+                            margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
+    acts = store.activations(run_id)
+    dead = hist = None
+    if acts:
+        epoch = acts[0]["epoch"]
+        dead = go.Figure(go.Bar(x=[a["block"] for a in acts], y=[100 * a["dead_frac"] for a in acts],
+                                hovertemplate="%{x}: %{y:.1f}% never fire<extra></extra>"))
+        dead.update_layout(title=f"ReLU units that never fire on 256 test digits (epoch {epoch})", yaxis_title="%",
+                           height=300, margin=dict(l=10, r=10, t=40, b=10))
+        hist = go.Figure()
+        for a in acts:
+            h = a["histogram"]
+            centres = [(lo + hi) / 2 for lo, hi in zip(h["edges"], h["edges"][1:], strict=False)]
+            total = sum(h["counts"]) or 1
+            hist.add_scatter(x=centres, y=[c / total for c in h["counts"]], mode="lines", name=a["block"])
+        hist.update_layout(title=f"Activation histograms per block (epoch {epoch})", xaxis_title="activation",
+                           yaxis=dict(type="log", title="share of units"), height=300,
+                           margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
+    return ratio, dead, hist

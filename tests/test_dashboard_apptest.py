@@ -100,7 +100,7 @@ def test_train_page_starts_a_run_that_finishes_and_the_other_pages_use_it(store_
     at = open_page("views/Train.py")  # the newest run is shown again after a reload
     assert any("1 epoch(s) recorded" in c.value for c in at.caption)
     at = open_page("views/Compare.py")
-    assert at.multiselect(key="runs").value and len(at.dataframe) == 1
+    assert at.multiselect(key="runs").value and len(at.dataframe) == 2  # the summary and what differs
     at = open_page("views/Draw.py")
     assert at.selectbox(key="draw-model").value.run_id == run.id
     at = open_page("views/Inspect.py")
@@ -341,3 +341,73 @@ def test_compare_shows_the_settings_that_differ_between_the_chosen_runs(store_ur
     assert any(s.value == "What differs between their settings" for s in at.subheader)
     diff = at.dataframe[-1].value
     assert "model" in diff.index and "lr" in diff.index and "rotate_deg" not in diff.index
+
+
+def test_train_shows_step_points_before_the_first_epoch_ends(store_url):
+    import os
+
+    from core.config import TrainConfig
+    from core.runs import RunStore
+    from core.train import StepPoint
+
+    store = RunStore(store_url)
+    run_id = store.create_run(TrainConfig(model="Model3"))
+    assert store.claim(run_id, os.getpid())  # "training", no epoch finished yet
+    for s in range(1, 40):
+        store.record_progress(run_id, s, 469, StepPoint(s * 10, s * 10 / 469, 2.3 / s ** 0.5, min(99, 10 + 2 * s), 0.01))
+    at = AppTest.from_file(HOME, default_timeout=60)
+    at.query_params["run"] = str(run_id)
+    at.run()
+    at.switch_page("views/Train.py").run()
+    assert not at.exception, at.exception
+    assert any("0 epoch(s) recorded" in c.value and "39 step point(s)" in c.value for c in at.caption)
+    import json
+
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert titles[:3] == ["Accuracy", "Loss", "Learning rate"]
+    acc = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    assert any(t["name"].startswith("Model3") for t in acc)  # the reference run, faintly behind
+    assert any("per step" in t["name"] and len(t["x"]) == 39 for t in acc)
+    store.finish(run_id, "stopped")
+
+
+def test_resume_on_an_interrupted_run_launches_it_and_it_finishes(store_url):
+    if not mnist_present():
+        pytest.skip("MNIST files not found: set MNIST_ROOT")
+    from core.config import TrainConfig
+    from core.runs import RunStore
+
+    store = RunStore(store_url)
+    run_id = store.create_run(TrainConfig(model="Model2c", epochs=2, train_limit=300, test_limit=100))
+    store.update(run_id, status="interrupted", error="the training process died before finishing")
+    at = AppTest.from_file(HOME, default_timeout=60)
+    at.query_params["run"] = str(run_id)
+    at.run()
+    at.switch_page("views/Train.py").run()
+    at.button(key=f"resume-{run_id}").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    deadline = time.monotonic() + 120
+    while store.get(run_id).status not in ("finished", "failed") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    run = store.get(run_id)
+    assert run.status == "finished", run.error
+    assert [e["epoch"] for e in store.epochs(run_id)] == [1, 2] and run.id == run_id
+
+
+def test_new_run_with_these_settings_fills_the_form(store_url):
+    from core.config import TrainConfig
+    from core.runs import RunStore
+
+    store = RunStore(store_url)
+    config = TrainConfig(model="Tiny4k", epochs=3, lr=0.07, batch_size=96, train_limit=2000, dropout=0.02)
+    run_id = store.create_run(config)
+    store.finish(run_id, "stopped")
+    at = AppTest.from_file(HOME, default_timeout=60)
+    at.query_params["run"] = str(run_id)
+    at.run()
+    at.switch_page("views/Train.py").run()
+    at.button(key=f"copy-{run_id}").click().run()
+    assert at.selectbox(key="model").value == "Tiny4k" and at.radio(key="preset").value == f"run {run_id}'s"
+    k = f"Tiny4k-run {run_id}'s"
+    assert (at.number_input(key=f"epochs-{k}").value, at.number_input(key=f"lr-{k}").value,
+            at.number_input(key=f"bs-{k}").value, at.number_input(key=f"tl-{k}").value) == (3, 0.07, 96, 2000)

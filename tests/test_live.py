@@ -85,6 +85,9 @@ def test_a_run_and_its_epochs_are_read_to_agree(store):
         def get(self, rid):
             return store.get(rid)
 
+        def steps(self, rid, max_points):
+            return store.steps(rid, max_points)
+
     view = live.read_run(EpochLandsBetweenReads(), run_id)
     assert view.run.epoch == len(view.epochs) == 2
     assert view.best_test_acc == 98.0
@@ -106,6 +109,9 @@ def test_sessions_watching_a_run_share_one_read_per_interval(store):
 
         def epochs(self, rid):
             return store.epochs(rid)
+
+        def steps(self, rid, max_points):
+            return store.steps(rid, max_points)
 
     counting = CountingStore()
     reads = live.SharedReads(ttl=0.5, reconcile_s=60)

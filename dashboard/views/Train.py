@@ -11,18 +11,23 @@ import streamlit as st
 
 from core.config import OPTIMIZERS, SCHEDULERS, ConfigError, recipe
 from core.data import DataError
-from core.launch import never_started, start_run, stop_run
+from core.launch import never_started, resume_run, start_run, stop_run
 from core.models import MODELS
 from core.ray_exec import RayError
+from core.reference import reference_for
 from core.runs import StoreError
 
 
 def settings_form() -> None:
     st.subheader("New run")
     model = st.selectbox("Variant", list(MODELS), index=list(MODELS).index("Model3"), key="model")
-    preset = st.radio("Recipe", ["seed", "reference"], horizontal=True, key="preset",
-                      help="seed: the seed's own SGD recipe; reference: our tuned recipe")
-    base = recipe(model, preset)
+    copied = st.session_state.get("copied")  # (run id, its config) from "New run with these settings"
+    presets = ["seed", "reference"] + ([f"run {copied[0]}'s"] if copied and copied[1].model == model else [])
+    if st.session_state.get("preset") not in presets:
+        st.session_state.pop("preset", None)
+    preset = st.radio("Recipe", presets, horizontal=True, key="preset",
+                      help="seed: the seed's own SGD recipe; reference: our tuned recipe; run N's: that run's settings")
+    base = copied[1] if preset not in ("seed", "reference") else recipe(model, preset)
     k = f"{model}-{preset}"  # widgets reset to the recipe's values when the variant or recipe changes
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs", 1, 100, base.epochs, key=f"epochs-{k}")
@@ -32,24 +37,31 @@ def settings_form() -> None:
     lr = c2.number_input("Learning rate", 1e-5, 1.0, base.lr, format="%.4f", key=f"lr-{k}")
     scheduler = c3.selectbox("LR schedule", SCHEDULERS, index=SCHEDULERS.index(base.scheduler), key=f"sched-{k}")
     augment = c1.checkbox("Augment (random rotation)", base.augment, key=f"aug-{k}")
-    train_limit = c2.number_input("Training images (0 = all 60,000)", 0, 60_000, 0, step=1000, key=f"tl-{k}")
-    test_limit = c3.number_input("Test images (0 = all 10,000)", 0, 10_000, 0, step=1000, key=f"vl-{k}")
+    train_limit = c2.number_input("Training images (0 = all 60,000)", 0, 60_000, base.train_limit, step=1000, key=f"tl-{k}")
+    test_limit = c3.number_input("Test images (0 = all 10,000)", 0, 10_000, base.test_limit, step=1000, key=f"vl-{k}")
     label = st.text_input("Label (optional)", key="label")
     if not st.button("Start", type="primary", key="start"):
         return
     try:
         lab.mnist()  # refuse before recording a run that could not train
-        config = recipe(
-            model, preset, epochs=int(epochs), batch_size=int(batch_size), seed=int(seed), optimizer=optimizer,
+        config = base.replace(
+            epochs=int(epochs), batch_size=int(batch_size), seed=int(seed), optimizer=optimizer,
             lr=float(lr), scheduler=scheduler, augment=augment, train_limit=int(train_limit),
             test_limit=int(test_limit),
-        )
+        ).validate()
         run_id = start_run(lab.store(), config, data_root=os.environ.get("MNIST_ROOT"), label=label)
     except (ConfigError, DataError, StoreError, RayError) as e:
         st.error(str(e))
         return
     st.query_params["run"] = str(run_id)  # a reload, or this URL in another browser, shows the same run
     st.rerun()
+
+
+def copy_settings(run) -> None:
+    """Fill the form with a run's settings (a button callback: it runs before the form's widgets exist)."""
+    st.session_state.copied = (run.id, run.config)
+    st.session_state.model = run.model
+    st.session_state.preset = f"run {run.id}'s"
 
 
 def chosen_run_id() -> int | None:
@@ -87,19 +99,43 @@ def live_run(run_id: int, every: float | None) -> None:
         st.error(f"The run {run.status}: {run.error}")
     elif run.status == "stopped":
         st.warning("Stopped on request; the finished epochs and checkpoints are kept.")
+    b1, b2 = st.columns(2)
     if run.active and not never_started(run):
         if run.stop_requested:
-            st.caption("Stopping after the current batch...")
-        elif st.button("Stop", key=f"stop-{run.id}"):
+            b1.caption("Stopping after the current batch...")
+        elif b1.button("Stop", key=f"stop-{run.id}"):
             stop_run(lab.store(), run.id)
+    elif run.status in ("stopped", "interrupted", "failed") and run.epoch < run.config.epochs:
+        if b1.button("Resume", key=f"resume-{run.id}", help="continue from its last checkpoint, same run id"):
+            try:
+                resume_run(lab.store(), run.id, data_root=os.environ.get("MNIST_ROOT"))
+            except (StoreError, RayError) as e:
+                st.error(str(e))
+            else:
+                live.shared.forget(lab.store(), run.id)
+                st.rerun(scope="app")
+    if b2.button("New run with these settings", key=f"copy-{run.id}", on_click=copy_settings, args=(run,)):
+        st.rerun(scope="app")  # the form lives outside this fragment
     rows, best = view.epochs, view.best_test_acc
-    st.caption(f"{len(rows)} epoch(s) recorded" + (f" · best test {best:.2f}%" if best is not None else ""))
-    if rows:
-        acc, loss, lr = live.training_charts(view)
+    st.caption(f"{len(rows)} epoch(s) recorded" + (f" · best test {best:.2f}%" if best is not None else "")
+               + (f" · {len(view.steps)} step point(s)" if view.steps else ""))
+    if rows or view.steps:
+        ghost = reference_for(run.config) if st.session_state.get("ghost", True) else None
+        acc, loss, lr = live.training_charts(view, (ghost[0], ghost[1]["epochs"]) if ghost else None)
         c1, c2, c3 = st.columns(3)
         c1.plotly_chart(acc, key="acc")
         c2.plotly_chart(loss, key="loss")
         c3.plotly_chart(lr, key="lr")
+        st.toggle("Show the reference run (grey, behind)", True, key="ghost",
+                  help="the shipped run of the same variant, under the same recipe where one ships")
+    if st.toggle("Layer health", False, key=f"health-{run.id}",
+                 help="is every layer learning? read from the store when shown"):
+        ratio, dead, hist = live.health_charts(lab.store(), run.id)
+        if ratio is None and dead is None:
+            st.caption("Nothing recorded yet: the training process measures a step every few seconds.")
+        for fig, key in ((ratio, "ratio"), (dead, "dead"), (hist, "hist")):
+            if fig is not None:
+                st.plotly_chart(fig, key=f"health-{key}")
     with st.expander("Config"):
         st.json(run.config.to_json())
     live.pace.record(time.perf_counter() - started)
