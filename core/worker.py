@@ -119,7 +119,7 @@ class ProgressReporter:
                  on_batch: Callable[[int, int], None] | None):
         self.store, self.run_id, self.trainer, self.signalled, self.on_batch = store, run_id, trainer, signalled, on_batch
         self.last_write = time.monotonic()  # the first point comes after POLL_SECONDS of batches
-        self.last_health = self.last_write - HEALTH_SECONDS + 1.0  # the first after a second
+        self.last_health = self.last_write - HEALTH_SECONDS + min(1.0, HEALTH_SECONDS)  # the first after a second
         self.watch = UpdateWatch(trainer.model)
         self.stop_asked_in_store = False
 

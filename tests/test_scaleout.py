@@ -71,7 +71,9 @@ def test_ray_run_stops_on_request_and_a_killed_worker_leaves_it_interrupted(ray_
     run = store.get(to_kill)
     assert run.status == "running" and run.pid != os.getpid()
     os.kill(run.pid, signal.SIGKILL)  # the Ray worker process that claimed the run
-    wait_until(lambda: store.get(to_kill).status == "interrupted", 30, "the killed run to count as interrupted")
+    # reads do not reconcile: what the pages (every 5 s) and the CLI do, explicitly
+    wait_until(lambda: store.reconcile() >= 0 and store.get(to_kill).status == "interrupted", 30,
+               "the killed run to count as interrupted")
     assert store.has_checkpoint(to_kill, "last")  # resumable: `python -m core.train --run-id N` continues it
     assert store.get(to_stop).epoch < 200
 
