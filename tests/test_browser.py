@@ -99,7 +99,8 @@ def no_error_box(page, name: str) -> None:
 
 
 def chart_points(page) -> int:
-    """Markers in the Train page's accuracy chart (train and test: two per epoch); 0 before the first epoch."""
+    """Markers in the Train page's accuracy chart (one per epoch: the test accuracy; the per-step train accuracy
+    and the reference behind are lines); 0 before the first epoch."""
     charts = page.locator('[data-testid="stPlotlyChart"]')
     if charts.count() == 0:
         return 0
@@ -128,10 +129,12 @@ def test_every_page_train_live_and_draw_a_digit(server, page):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         seen.append(chart_points(page))
-        if page.get_by_text("3 epoch(s) recorded").count() and seen[-1] == 6:
+        if page.get_by_text("3 epoch(s) recorded").count() and seen[-1] == 3:
             break
         page.wait_for_timeout(500)
-    assert seen[-1] == 6, f"the accuracy chart never showed 3 epochs x 2 curves; points seen: {sorted(set(seen))}"
+    assert seen[-1] == 3, f"the accuracy chart never showed 3 epochs' test points; points seen: {sorted(set(seen))}"
+    lines = page.locator('[data-testid="stPlotlyChart"]').first.locator(".scatterlayer .trace").count()
+    assert lines >= 3, lines  # the per-step line and the test points, the reference behind
     assert min(seen) < 6, "the chart was never seen growing"
     settle(page, "finished")
     page.wait_for_timeout(1500)  # the page reruns once when the run ends
