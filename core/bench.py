@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seed loop (DataLoader + transforms):     {speed['seed']:8.0f} images/s")
     print(f"our engine (Trainer):                    {speed['ours']:8.0f} images/s")
     print(f"our engine, recording steps to a store:  {speed['recording']:8.0f} images/s "
-          f"({100 * (1 - speed['recording'] / speed['ours']):.1f}% slower than without it)")
+          f"({100 * (speed['recording'] / speed['ours'] - 1):+.1f}% images/s against the engine without it)")
     print(f"ratio {speed['ours'] / speed['seed']:.2f}x (our engine / seed loop)", flush=True)
 
     if not args.skip_time_to_target:
