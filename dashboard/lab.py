@@ -111,21 +111,35 @@ def evaluation_for(choice: TrainedModel) -> Evaluation:
 
 
 def pick_model(key: str, label: str = "Model") -> TrainedModel | None:
-    """A selectbox of trained models; None (and a hint) when there is none."""
+    """A selectbox of trained models; None (and a hint) when there is none. Draw and Inspect share the
+    choice: the model picked on one is the one the other opens with (per browser session)."""
     choices = trained_models()
     if not choices:
         st.info(NO_MODEL_HINT)
         return None
-    return st.selectbox(label, choices, index=default_choice(choices), format_func=lambda c: c.label, key=key)
+    shared = st.session_state.get("shared-model")
+    index = next((i for i, c in enumerate(choices) if c == shared), None)
+    if st.session_state.get(key) not in choices:  # a choice that is gone (deleted run) is not kept
+        st.session_state.pop(key, None)
+    choice = st.selectbox(label, choices, index=default_choice(choices) if index is None else index,
+                          format_func=lambda c: c.label, key=key)
+    st.session_state["shared-model"] = choice
+    return choice
+
+
+def remember_my_run(run_id: int) -> None:
+    """A run this browser session started (or resumed): the pickers default to the newest of these."""
+    st.session_state.setdefault("my-runs", []).append(run_id)
 
 
 def default_choice(choices: list[TrainedModel]) -> int:
-    """The newest trained run when there is one (what a user who just trained wants to look at),
-    else the Model3 reference (the lab's flagship), else the first."""
+    """The newest run this session trained when it has a model (what a user who just trained wants to look
+    at; not another user's), else the Model3 reference (the lab's flagship), else the first."""
+    mine = set(st.session_state.get("my-runs", []))
     for i, c in enumerate(choices):
-        if not c.reference:
+        if not c.reference and c.run_id in mine:
             return i
-    return next((i for i, c in enumerate(choices) if c.model == "Model3"), 0)
+    return next((i for i, c in enumerate(choices) if c.model == "Model3" and not c.seed_recipe), 0)
 
 
 def curves(series: dict[str, list[dict]], metrics: list[str], title: str, y_title: str) -> go.Figure:

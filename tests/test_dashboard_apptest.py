@@ -85,6 +85,7 @@ def test_train_page_starts_a_run_that_finishes_and_the_other_pages_use_it(store_
     at.number_input(key="vl-Tiny4k-seed").set_value(200)
     at.button(key="start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    mine = at
     store = RunStore(store_url)
     runs = store.list_runs()
     assert len(runs) == 1 and runs[0].model == "Tiny4k" and runs[0].config.train_limit == 300
@@ -101,12 +102,13 @@ def test_train_page_starts_a_run_that_finishes_and_the_other_pages_use_it(store_
     assert any("1 epoch(s) recorded" in c.value for c in at.caption)
     at = open_page("views/Compare.py")
     assert at.multiselect(key="runs").value and len(at.dataframe) == 2  # the summary and what differs
-    at = open_page("views/Draw.py")
-    assert at.selectbox(key="draw-model").value.run_id == run.id
-    at = open_page("views/Inspect.py")
-    assert at.selectbox(key="inspect-model").value.run_id == run.id
-    assert len(at.dataframe) == 1  # the layer table
-    assert any("Test set:" in s.value for s in at.subheader)
+    assert open_page("views/Draw.py").selectbox(key="draw-model").value.label == "Model3 (reference)"  # another user
+    mine.switch_page("views/Draw.py").run()  # the session that trained it opens its own run
+    assert mine.selectbox(key="draw-model").value.run_id == run.id
+    mine.switch_page("views/Inspect.py").run()
+    assert mine.selectbox(key="inspect-model").value.run_id == run.id
+    assert len(mine.dataframe) == 1  # the layer table
+    assert any("Test set:" in s.value for s in mine.subheader)
 
 
 @pytest.mark.slow
@@ -411,3 +413,13 @@ def test_new_run_with_these_settings_fills_the_form(store_url):
     k = f"Tiny4k-run {run_id}'s"
     assert (at.number_input(key=f"epochs-{k}").value, at.number_input(key=f"lr-{k}").value,
             at.number_input(key=f"bs-{k}").value, at.number_input(key=f"tl-{k}").value) == (3, 0.07, 96, 2000)
+
+
+def test_the_model_chosen_on_draw_is_the_one_inspect_opens_with(store_url):
+    at = open_page("views/Draw.py")
+    box = at.selectbox(key="draw-model")
+    box.select_index(next(i for i, label in enumerate(box.options) if label == "Tiny4k (reference)")).run()
+    at.switch_page("views/Inspect.py").run()
+    assert at.selectbox(key="inspect-model").value.label == "Tiny4k (reference)"
+    at.switch_page("views/Draw.py").run()
+    assert at.selectbox(key="draw-model").value.label == "Tiny4k (reference)"

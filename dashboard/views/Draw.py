@@ -110,18 +110,24 @@ def main() -> None:
 
     st.subheader("Every variant")
     choices = lab.trained_models()
-    # one per variant: its reference when shipped, else its newest trained run
+    # one per variant: its reference when shipped, else its newest trained run; the user's runs can join
     per_variant = {}
     for c in choices:
         per_variant.setdefault(c.model, c)
-    cols = st.columns(max(1, len(per_variant)))
-    for col, c in zip(cols, per_variant.values(), strict=False):
-        try:
-            q = probabilities(lab.model_for(c), x)[0]
-        except StoreError as e:
-            col.error(str(e))
-            continue
-        col.metric(c.label, str(int(q.argmax())), f"{q.max() * 100:.1f}%", delta_color="off", delta_arrow="off")
-
+    row = list(per_variant.values())
+    extra = [c for c in choices if not c.reference and c not in row]
+    if extra:
+        row += st.multiselect("Add trained runs to the row", extra, format_func=lambda c: c.label, key="draw-extra")
+    for start in range(0, len(row), 6):
+        cols = st.columns(6)
+        for col, c in zip(cols, row[start : start + 6], strict=False):
+            try:
+                q = probabilities(lab.model_for(c), x)[0]
+            except StoreError as e:
+                col.error(str(e))
+                continue
+            first, second, third = (int(d) for d in np.argsort(-q)[:3])
+            col.metric(c.label, str(first), f"{q[first] * 100:.1f}%", delta_color="off", delta_arrow="off")
+            col.caption(f"then {second} ({q[second] * 100:.1f}%), {third} ({q[third] * 100:.1f}%)")
 
 main()

@@ -53,6 +53,7 @@ def settings_form() -> None:
     except (ConfigError, DataError, StoreError, RayError) as e:
         st.error(str(e))
         return
+    lab.remember_my_run(run_id)
     st.query_params["run"] = str(run_id)  # a reload, or this URL in another browser, shows the same run
     st.rerun()
 
@@ -112,6 +113,7 @@ def live_run(run_id: int, every: float | None) -> None:
             except (StoreError, RayError) as e:
                 st.error(str(e))
             else:
+                lab.remember_my_run(run.id)
                 live.shared.forget(lab.store(), run.id)
                 st.rerun(scope="app")
     if b2.button("New run with these settings", key=f"copy-{run.id}", on_click=copy_settings, args=(run,)):
