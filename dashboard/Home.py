@@ -60,6 +60,7 @@ def main() -> None:
     st.set_page_config(page_title="MNIST CNN lab", page_icon=":material/neurology:", layout="wide")
     pages = [
         st.Page(home, title="Home", icon=":material/home:", default=True),
+        st.Page("views/Ideas.py", title="Ideas", icon=":material/lightbulb:"),
         st.Page("views/Train.py", title="Train", icon=":material/model_training:"),
         st.Page("views/Compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("views/Draw.py", title="Draw", icon=":material/draw:"),
