@@ -242,3 +242,19 @@ def fit_rows(runs: dict[str, list[dict]]) -> list[dict]:
             }
         )
     return rows
+
+
+def overview_rows() -> list[dict]:
+    """Every step on one row: the idea, parameters before -> after and the first line of what it did."""
+    rows = []
+    for before, after in steps():
+        diff = step_diff(before, after)
+        rows.append(
+            {
+                "step": f"{before} → {after}",
+                "idea": diff["idea"].title,
+                "parameters": f"{diff['parameters']['before']:,} → {diff['parameters']['after']:,}",
+                "what it did here": diff["idea"].what_it_did.split("\n")[0],
+            }
+        )
+    return rows

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.ideas import BASELINE, IDEAS, step_diff, step_runs, steps
+from core.ideas import BASELINE, IDEAS, overview_rows, step_diff, step_runs, steps
 from core.models import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,3 +113,9 @@ def test_ideas_page_runs_every_step_and_shows_the_curves(tmp_path, monkeypatch):
         assert len(charts) == 3
         names = {trace["name"] for trace in json.loads(charts[0].proto.spec)["data"]}
         assert f"{before} (reference) train acc" in names and f"{after} (reference) test acc" in names
+
+
+def test_overview_has_one_row_per_idea():
+    rows = overview_rows()
+    assert [r["step"] for r in rows] == [f"{b} → {a}" for b, a in steps()]
+    assert rows[0]["parameters"] == "234,208 → 7,856" and "BatchNorm" in rows[0]["idea"]

@@ -6,7 +6,7 @@ import lab
 import pandas as pd
 import streamlit as st
 
-from core.ideas import BASELINE, fit_rows, step_diff, step_runs, steps
+from core.ideas import BASELINE, fit_rows, overview_rows, step_diff, step_runs, steps
 
 
 def main() -> None:
@@ -16,6 +16,8 @@ def main() -> None:
         "changed in the architecture and in the training recipe, the parameters before and after, the two "
         "shipped reference runs' accuracy curves, and what the step did in our runs."
     )
+    with st.expander("Every step at a glance"):
+        st.dataframe(pd.DataFrame(overview_rows()), hide_index=True, width="stretch")
     labels = {f"{i}. {before} → {after}": (before, after) for i, (before, after) in enumerate(steps(), 1)}
     label = st.select_slider("Step", list(labels), key="step")
     diff = step_diff(*labels[label])
