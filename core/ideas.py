@@ -9,6 +9,7 @@ The Ideas page shows it all.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -238,7 +239,7 @@ def fit_rows(runs: dict[str, list[dict]]) -> list[dict]:
                 "last train %": round(last["train_acc"], 2),
                 "last test %": round(last["test_acc"], 2),
                 "gap train - test": round(last["train_acc"] - last["test_acc"], 2),
-                "last lr": last.get("lr"),
+                "last lr": float(f"{last['lr']:.3g}") if last.get("lr") is not None else None,
             }
         )
     return rows
@@ -258,3 +259,10 @@ def overview_rows() -> list[dict]:
             }
         )
     return rows
+
+
+def accuracy_floor(runs: dict[str, list[dict]], skip: int = 2) -> float:
+    """Where an accuracy axis should start so the train/test gap stays visible: the lowest train or test
+    accuracy after the first `skip` epochs (which start far lower), rounded down to half a point."""
+    later = [e[m] for rows in runs.values() for e in rows[skip:] for m in ("train_acc", "test_acc")]
+    return math.floor(2 * min(later, default=90.0)) / 2 - 0.5

@@ -103,10 +103,10 @@ def test_ideas_page_runs_every_step_and_shows_the_curves(tmp_path, monkeypatch):
     at.run()
     at.switch_page("views/Ideas.py").run()
     assert not at.exception, at.exception
-    options = at.select_slider(key="step").options
+    options = at.radio(key="step").options
     assert len(options) == len(steps())
     for (before, after), option in zip(steps(), options, strict=True):
-        at.select_slider(key="step").set_value(option).run()
+        at.radio(key="step").set_value(option).run()
         assert not at.exception, at.exception
         assert any(f"{before} → {after}" in h.value for h in at.header)
         charts = at.get("plotly_chart")
@@ -119,3 +119,10 @@ def test_overview_has_one_row_per_idea():
     rows = overview_rows()
     assert [r["step"] for r in rows] == [f"{b} → {a}" for b, a in steps()]
     assert rows[0]["parameters"] == "234,208 → 7,856" and "BatchNorm" in rows[0]["idea"]
+
+
+def test_accuracy_axis_keeps_every_later_epoch_in_view():
+    from core.ideas import accuracy_floor
+
+    runs = {"a": [{"train_acc": 60.0, "test_acc": 90.0}] * 2 + [{"train_acc": 98.3, "test_acc": 99.1}]}
+    assert accuracy_floor(runs) == 97.5  # epochs 1-2 ignored; 98.3 rounded down to 98.0, half a point below

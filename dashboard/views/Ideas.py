@@ -6,7 +6,7 @@ import lab
 import pandas as pd
 import streamlit as st
 
-from core.ideas import BASELINE, fit_rows, overview_rows, step_diff, step_runs, steps
+from core.ideas import BASELINE, accuracy_floor, fit_rows, overview_rows, step_diff, step_runs, steps
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     with st.expander("Every step at a glance"):
         st.dataframe(pd.DataFrame(overview_rows()), hide_index=True, width="stretch")
     labels = {f"{i}. {before} → {after}": (before, after) for i, (before, after) in enumerate(steps(), 1)}
-    label = st.select_slider("Step", list(labels), key="step")
+    label = st.radio("Step", list(labels), key="step", horizontal=True)
     diff = step_diff(*labels[label])
     before, after, idea = diff["before"], diff["after"], diff["idea"]
 
@@ -49,8 +49,8 @@ def main() -> None:
         else:
             st.caption("The same architecture.")
     with right:
-        for which in ("seed recipe", "reference recipe"):
-            st.markdown(f"**The {which}** ({'the seed' if which == 'seed recipe' else 'our shipped run'}'s training)")
+        for which, title in (("seed recipe", "The seed's recipe"), ("reference recipe", "The shipped runs' recipe")):
+            st.markdown(f"**{title}** (training settings that differ)")
             if diff[which]:
                 st.dataframe(pd.DataFrame(diff[which]).astype(str), hide_index=True, width="stretch")
             else:
@@ -66,14 +66,16 @@ def main() -> None:
     st.caption(
         "Train accuracy is measured on augmented images with dropout on, test accuracy on the plain test set "
         "with dropout off: train above test is over-fitting, train below test means the net is held back "
-        "(regularised or under-fitting)."
+        "(regularised or under-fitting). The first epochs may start below the chart."
     )
-    st.plotly_chart(lab.curves(runs, ["train_acc", "test_acc"], "Train and test accuracy", "accuracy (%)"), key="acc")
+    acc = lab.curves(runs, ["train_acc", "test_acc"], "Train (dotted) and test accuracy", "accuracy (%)")
+    acc.for_each_trace(lambda t: t.update(line_dash="dot") if t.name.endswith("train acc") else None)
+    acc.update_yaxes(range=[accuracy_floor(runs), 100])
+    st.plotly_chart(acc, key="acc")
     st.dataframe(pd.DataFrame(fit_rows(runs)), hide_index=True, width="stretch")
     left, right = st.columns(2)
-    left.plotly_chart(
-        lab.curves(runs, ["lr"], "Learning rate after each epoch (the next one starts with it)", "lr"), key="lr"
-    )
+    lr = lab.curves(runs, ["lr"], "Learning rate after each epoch (the next one starts with it)", "lr (log scale)")
+    left.plotly_chart(lr.update_yaxes(type="log"), key="lr")
     right.plotly_chart(lab.curves(runs, ["test_loss"], "Test loss", "loss"), key="loss")
 
 
