@@ -142,7 +142,7 @@ def test_picking_a_unit_outlines_its_receptive_field_on_the_input(inspect_page):
     assert (outline["y0"], outline["x0"], outline["y1"], outline["x1"]) == (
         top - 0.5, left - 0.5, bottom + 0.5, right + 0.5)
     assert (bottom - top + 1, right - left + 1) == (10, 10)  # convblock4 sees 10x10 pixels, none clipped here
-    assert "convblock4, channel 3 (10x10): click a unit" in chart_layouts(at)
+    assert "convblock4, channel 3 (10x10)" in chart_layouts(at)
     activation = next(m for m in at.metric if m.label == "Activation")
     assert float(activation.value) >= 0 and f"rows {top}–{bottom}, columns {left}–{right}" in activation.delta
 

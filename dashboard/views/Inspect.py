@@ -55,6 +55,8 @@ def clickable(fig: go.Figure, rows: int, cols: int, hover: str) -> go.Figure:
     ys, xs = np.mgrid[0:rows, 0:cols]
     fig.add_scatter(x=xs.ravel(), y=ys.ravel(), mode="markers", showlegend=False, hovertemplate=hover,
                     marker=dict(symbol="square", size=max(6, 300 // max(rows, cols)), opacity=0))
+    fig.update_xaxes(range=[-0.5, cols - 0.5])  # the markers would pad the axes by a cell
+    fig.update_yaxes(range=[rows - 0.5, -0.5])  # row 0 on top, as the heatmap draws it
     return fig
 
 
@@ -70,7 +72,7 @@ def on_click(chart_key: str, row_key: str, col_key: str):
 
 def slider_state(key: str, start: int, high: int) -> None:
     """A slider's value in session state (set here, by a click, or by the slider), kept inside 0..high when the
-    layer or model changes; the slider itself then takes no default (Streamlit warns on both)."""
+    model changes; the slider itself then takes no default (Streamlit warns when given both)."""
     value = st.session_state.get(key, start)
     if key not in st.session_state or not 0 <= value <= high:
         st.session_state[key] = min(max(int(value), 0), high)
@@ -107,13 +109,15 @@ def show_kernels(model) -> None:
         st.plotly_chart(fig, key=f"kernels-{name}")
 
 
+@st.fragment  # its own controls rerun it alone, not the test-set evaluation and feature maps
 def show_cell(model, data, ev) -> None:
     """The picker beside the confusion matrix and the test digits behind the chosen cell."""
     if "cm-true" not in st.session_state:
         st.session_state["cm-true"], st.session_state["cm-predicted"] = ev.most_confused() or (0, 0)
-    st.caption("Click a cell of the matrix, or pick it here:")
-    true = st.selectbox("True digit", list(range(10)), key="cm-true")
-    predicted = st.selectbox("Predicted digit", list(range(10)), key="cm-predicted")
+    p1, p2, note = st.columns([1, 1, 4], vertical_alignment="bottom")
+    true = p1.selectbox("True digit", list(range(10)), key="cm-true")
+    predicted = p2.selectbox("Predicted digit", list(range(10)), key="cm-predicted")
+    note.caption("Click a cell of the confusion matrix, or pick one here.")
     found = ev.cell(true, predicted)
     st.markdown(f"**{len(found)}** test digits are {true}s read as {predicted}"
                 + (f"; the {GALLERY} most confident:" if len(found) > GALLERY else ":"))
@@ -130,6 +134,7 @@ def show_cell(model, data, ev) -> None:
     st.caption(f"Saliency of {predicted}, the predicted digit: red ink spoke for it, blue against (core/explain.py).")
 
 
+@st.fragment
 def show_mistakes(data, ev) -> None:
     st.subheader("Misclassified, most confident first")
     digits = [None, *range(10)]
@@ -147,31 +152,36 @@ def show_mistakes(data, ev) -> None:
                           caption=f"#{idx}: true {ev.labels[idx]} → {ev.predicted[idx]} ({ev.confidence[idx]:.0%})")
 
 
+@st.fragment
 def show_unit(model, x, layers: list[tuple[str, np.ndarray]]) -> None:
     """One conv unit: its channel as a clickable heatmap, its receptive field outlined on the input."""
     st.subheader("One unit and the input it sees")
     names = [name for name, _ in layers]
     if st.session_state.get("unit-layer") not in names:
         st.session_state.pop("unit-layer", None)
+    st.caption("Pick a unit with the sliders or click it on its channel's map; its receptive field (the input "
+               "pixels it can see, core.explain.receptive_box) is outlined on the input.")
     c1, c2, c3, c4 = st.columns(4)
     layer = c1.selectbox("Layer", names, key="unit-layer")
     maps = dict(layers)[layer]
     c, h, w = maps.shape
-    for key, start, high in (("unit-channel", 0, c - 1), ("unit-i", h // 2, h - 1), ("unit-j", w // 2, w - 1)):
-        slider_state(key, start, high)
-    channel = c2.slider("Channel", 0, c - 1, key="unit-channel")
-    i = c3.slider("Row i", 0, h - 1, key="unit-i")
-    j = c4.slider("Column j", 0, w - 1, key="unit-j")
+    # per-layer keys: each layer keeps its own unit, and a slider whose range changes is a new widget anyway
+    keys = {part: f"unit-{part}-{layer}" for part in ("channel", "i", "j")}
+    for part, start, high in (("channel", 0, c - 1), ("i", h // 2, h - 1), ("j", w // 2, w - 1)):
+        slider_state(keys[part], start, high)
+    channel = c2.slider("Channel", 0, c - 1, key=keys["channel"])
+    i = c3.slider("Row i", 0, h - 1, key=keys["i"])
+    j = c4.slider("Column j", 0, w - 1, key=keys["j"])
     top, left, bottom, right = receptive_box(model, layer, i, j)
     value = float(maps[channel, i, j])
 
     left_col, right_col = st.columns(2)
     act = px.imshow(maps[channel], color_continuous_scale="Viridis", labels=dict(x="j", y="i", color="activation"),
-                    title=f"{layer}, channel {channel} ({h}x{w}): click a unit")
+                    title=f"{layer}, channel {channel} ({h}x{w})")
     clickable(act, h, w, "unit (%{y}, %{x})<extra></extra>")
     act.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, line=dict(color="red", width=3))
     act.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10))
-    left_col.plotly_chart(act, key="unit-map", on_select=on_click("unit-map", "unit-i", "unit-j"),
+    left_col.plotly_chart(act, key="unit-map", on_select=on_click("unit-map", keys["i"], keys["j"]),
                           selection_mode="points")
     seen = px.imshow(as_picture(x), color_continuous_scale="gray", title=f"Receptive field of unit ({i}, {j})")
     seen.add_shape(type="rect", x0=left - 0.5, x1=right + 0.5, y0=top - 0.5, y1=bottom + 0.5,
