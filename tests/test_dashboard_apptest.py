@@ -81,8 +81,8 @@ def test_train_page_starts_a_run_that_finishes_and_the_other_pages_use_it(store_
     at = open_page("views/Train.py")
     at.selectbox(key="model").set_value("Tiny4k").run()
     at.number_input(key="epochs-Tiny4k-seed").set_value(1)
-    at.number_input(key="tl-Tiny4k-seed").set_value(300)
-    at.number_input(key="vl-Tiny4k-seed").set_value(200)
+    at.number_input(key="tl").set_value(300)
+    at.number_input(key="vl").set_value(200)
     at.button(key="start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     mine = at
@@ -152,7 +152,7 @@ def test_a_run_started_while_another_trains_is_queued_and_can_be_stopped(store_u
     busy = store.create_run(TrainConfig(epochs=1, train_limit=100, test_limit=100))
     assert store.claim(busy, os.getpid())  # this test process "trains": the machine's one slot is taken
     at = open_page("views/Train.py")
-    at.number_input(key="tl-Model3-seed").set_value(100)
+    at.number_input(key="tl").set_value(100)
     at.button(key="start").click().run()
     new = store.list_runs(limit=1)[0]
     assert new.id != busy and new.status == "queued"
@@ -412,7 +412,7 @@ def test_new_run_with_these_settings_fills_the_form(store_url):
     assert at.selectbox(key="model").value == "Tiny4k" and at.radio(key="preset").value == f"run {run_id}'s"
     k = f"Tiny4k-run {run_id}'s"
     assert (at.number_input(key=f"epochs-{k}").value, at.number_input(key=f"lr-{k}").value,
-            at.number_input(key=f"bs-{k}").value, at.number_input(key=f"tl-{k}").value) == (3, 0.07, 96, 2000)
+            at.number_input(key=f"bs-{k}").value, at.number_input(key="tl").value) == (3, 0.07, 96, 2000)
 
 
 def test_the_model_chosen_on_draw_is_the_one_inspect_opens_with(store_url):
@@ -423,3 +423,27 @@ def test_the_model_chosen_on_draw_is_the_one_inspect_opens_with(store_url):
     assert at.selectbox(key="inspect-model").value.label == "Tiny4k (reference)"
     at.switch_page("views/Draw.py").run()
     assert at.selectbox(key="draw-model").value.label == "Tiny4k (reference)"
+
+
+def test_train_lists_the_active_runs_with_queue_position_and_stays_on_the_one_shown(store_url):
+    import os
+
+    from core.config import TrainConfig
+    from core.runs import RunStore
+
+    store = RunStore(store_url)
+    busy = store.create_run(TrainConfig(model="Model2c", epochs=2, train_limit=1000))
+    assert store.claim(busy, os.getpid())
+    waiting = store.create_run(TrainConfig(model="Tiny4k", epochs=1, train_limit=1000), pid=os.getpid())
+    at = open_page("views/Train.py")
+    box = at.selectbox(key="active-runs")
+    assert box.options[0].startswith(f"run {busy}: Model2c · training · ends in ~")
+    assert box.options[1].startswith(f"run {waiting}: Tiny4k · queued #1 · starts in ~")
+    assert any(s.value == f"Run {busy}: Model2c" for s in at.subheader)
+    box.set_value(waiting).run()  # watch the queued one
+    assert any(s.value == f"Run {waiting}: Tiny4k" for s in at.subheader)
+    store.finish(busy, "stopped")
+    at.run()  # the run it showed first ended: the page stays where the user put it
+    assert any(s.value == f"Run {waiting}: Tiny4k" for s in at.subheader)
+    assert any("Estimated time on this machine: ~" in c.value for c in at.caption)
+    store.finish(waiting, "stopped")

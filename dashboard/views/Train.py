@@ -9,6 +9,7 @@ import lab
 import live
 import streamlit as st
 
+from core import estimate
 from core.config import OPTIMIZERS, SCHEDULERS, ConfigError, recipe
 from core.data import DataError
 from core.launch import never_started, resume_run, start_run, stop_run
@@ -16,6 +17,7 @@ from core.models import MODELS
 from core.ray_exec import RayError
 from core.reference import reference_for
 from core.runs import StoreError
+from core.worker import LOCAL_SLOTS
 
 
 def settings_form() -> None:
@@ -25,8 +27,10 @@ def settings_form() -> None:
     presets = ["seed", "reference"] + ([f"run {copied[0]}'s"] if copied and copied[1].model == model else [])
     if st.session_state.get("preset") not in presets:
         st.session_state.pop("preset", None)
-    preset = st.radio("Recipe", presets, horizontal=True, key="preset",
-                      help="seed: the seed's own SGD recipe; reference: our tuned recipe; run N's: that run's settings")
+    preset = st.radio("Recipe", presets, horizontal=True, key="preset", format_func=lambda p: RECIPE_NAMES.get(p, p),
+                      help="the seed's recipe: plain SGD at lr 0.01 with a plateau schedule, as the seed project "
+                           "trained; our tuned recipe: Nesterov SGD with a one-cycle schedule and shifts, what our "
+                           "reference runs use; run N's: the settings of the run you copied")
     base = copied[1] if preset not in ("seed", "reference") else recipe(model, preset)
     k = f"{model}-{preset}"  # widgets reset to the recipe's values when the variant or recipe changes
     c1, c2, c3 = st.columns(3)
@@ -37,17 +41,29 @@ def settings_form() -> None:
     lr = c2.number_input("Learning rate", 1e-5, 1.0, base.lr, format="%.4f", key=f"lr-{k}")
     scheduler = c3.selectbox("LR schedule", SCHEDULERS, index=SCHEDULERS.index(base.scheduler), key=f"sched-{k}")
     augment = c1.checkbox("Augment (random rotation)", base.augment, key=f"aug-{k}")
-    train_limit = c2.number_input("Training images (0 = all 60,000)", 0, 60_000, base.train_limit, step=1000, key=f"tl-{k}")
-    test_limit = c3.number_input("Test images (0 = all 10,000)", 0, 10_000, base.test_limit, step=1000, key=f"vl-{k}")
+    # the image counts and the label apply to any variant and recipe: kept when those change
+    if copied and preset not in ("seed", "reference") and st.session_state.get("copied-applied") != copied[0]:
+        st.session_state["tl"], st.session_state["vl"] = base.train_limit, base.test_limit
+        st.session_state["copied-applied"] = copied[0]
+    train_limit = c2.number_input("Training images (0 = all 60,000)", 0, 60_000, step=1000, key="tl", value=None if "tl" in st.session_state else 0)
+    test_limit = c3.number_input("Test images (0 = all 10,000)", 0, 10_000, step=1000, key="vl", value=None if "vl" in st.session_state else 0)
     label = st.text_input("Label (optional)", key="label")
+    try:
+        planned = base.replace(epochs=int(epochs), batch_size=int(batch_size), train_limit=int(train_limit or 0),
+                               test_limit=int(test_limit or 0))
+        per_epoch = estimate.epoch_seconds(lab.store(), planned)
+        st.caption(f"Estimated time on this machine: {estimate.describe(per_epoch * planned.epochs if per_epoch else None)}"
+                   " (from this variant's recorded epochs here, else its shipped run), plus any wait in the queue.")
+    except ConfigError:
+        pass
     if not st.button("Start", type="primary", key="start"):
         return
     try:
         lab.mnist()  # refuse before recording a run that could not train
         config = base.replace(
             epochs=int(epochs), batch_size=int(batch_size), seed=int(seed), optimizer=optimizer,
-            lr=float(lr), scheduler=scheduler, augment=augment, train_limit=int(train_limit),
-            test_limit=int(test_limit),
+            lr=float(lr), scheduler=scheduler, augment=augment, train_limit=int(train_limit or 0),
+            test_limit=int(test_limit or 0),
         ).validate()
         run_id = start_run(lab.store(), config, data_root=os.environ.get("MNIST_ROOT"), label=label)
     except (ConfigError, DataError, StoreError, RayError) as e:
@@ -58,6 +74,9 @@ def settings_form() -> None:
     st.rerun()
 
 
+RECIPE_NAMES = {"seed": "the seed's recipe", "reference": "our tuned recipe"}
+
+
 def copy_settings(run) -> None:
     """Fill the form with a run's settings (a button callback: it runs before the form's widgets exist)."""
     st.session_state.copied = (run.id, run.config)
@@ -66,10 +85,12 @@ def copy_settings(run) -> None:
 
 
 def chosen_run_id() -> int | None:
-    """The run in the URL, else the newest active run, else the newest run."""
+    """The run in the URL, else the one this page showed last, else the newest active run, else the newest run."""
     wanted = st.query_params.get("run")
     if wanted and wanted.isdigit():
         return int(wanted)
+    if st.session_state.get("train-run") is not None:
+        return st.session_state["train-run"]
     store = lab.store()
     live.shared.reconcile(store)  # a run whose process died is not "running" any more
     active = store.list_runs(status="running", limit=1) or store.list_runs(status="queued", limit=1)
@@ -145,14 +166,43 @@ def live_run(run_id: int, every: float | None) -> None:
         st.rerun(scope="app")  # the run ended: refresh the whole page (the model pickers elsewhere too)
 
 
+def active_runs(current: int | None) -> None:
+    """The runs training or queued on this machine, with queue position and estimated times; picking one
+    shows it (and puts it in the URL)."""
+    entries = estimate.queue(lab.store(), LOCAL_SLOTS)
+    if not entries:
+        return
+
+    def describe(e: estimate.QueueEntry) -> str:
+        head = f"run {e.run.id}: {e.run.model}" + (f" {e.run.label}" if e.run.label else "")
+        if e.position is None:
+            return f"{head} · training · ends in {estimate.describe(e.ends_in)}"
+        return f"{head} · queued #{e.position} · starts in {estimate.describe(e.starts_in)}"
+
+    labels = {e.run.id: describe(e) for e in entries}
+    ids = list(labels)
+    st.session_state["active-runs"] = current if current in ids else None  # shows the run on display
+    st.selectbox("Training and queued on this machine", ids, format_func=labels.get, key="active-runs",
+                 placeholder="choose a run to watch", on_change=watch_picked)
+
+
+def watch_picked() -> None:
+    picked = st.session_state.get("active-runs")
+    if picked is not None:
+        st.query_params["run"] = str(picked)
+        st.session_state["train-run"] = picked
+
+
 def main() -> None:
     st.title("Train")
     st.caption("Training runs in its own process and writes to the run store; this page only reads it.")
     run_id = chosen_run_id()
+    st.session_state["train-run"] = run_id  # the page stays on this run (a Stop, or a Start elsewhere, does not move it)
     left, right = st.columns([2, 3], gap="large")
     with left:
         settings_form()
     with right:
+        active_runs(run_id)
         if run_id is None:
             st.info("No run yet: choose a variant and press Start.")
             return

@@ -1,0 +1,91 @@
+"""How long runs take: the seconds an epoch of a config takes on this machine, and the queue's position and
+estimated start and end of each active run (for the Train page)."""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from core.config import TrainConfig
+from core.reference import reference_for
+from core.runs import Run, RunStore
+
+MNIST_TRAIN, MNIST_TEST = 60_000, 10_000
+
+
+def images(config: TrainConfig) -> int:
+    """Images an epoch touches: its training images, plus its test images at a fifth of the cost (no backward)."""
+    train = min(config.train_limit or MNIST_TRAIN, MNIST_TRAIN)
+    test = min(config.test_limit or MNIST_TEST, MNIST_TEST)
+    return train + test // 5
+
+
+def epoch_seconds(store: RunStore, config: TrainConfig) -> float | None:
+    """Seconds an epoch of `config` should take here: from the newest run of the same variant in this store
+    that recorded epochs (its mean epoch time, scaled by images), else from the shipped reference run
+    (trained on one core); None when neither exists."""
+    for run in store.list_runs(search=config.model, limit=50):
+        if run.model == config.model and run.epoch > 0:
+            rows = store.epochs(run.id)
+            seconds = [r["seconds"] for r in rows if r["seconds"]]
+            if seconds:
+                return sum(seconds) / len(seconds) * images(config) / images(run.config)
+    shipped = reference_for(config)
+    if shipped is None:
+        return None
+    info = shipped[1]
+    ref = TrainConfig.from_dict(info["config"])
+    return info["wall_seconds"] / max(1, len(info["epochs"])) * images(config) / images(ref)
+
+
+@dataclass
+class QueueEntry:
+    run: Run
+    position: int | None  # 1 = the next to start; None for a running run
+    starts_in: float | None  # seconds from now (0 for a running run); None when unknown
+    ends_in: float | None
+
+
+def remaining_seconds(store: RunStore, run: Run) -> float | None:
+    """Seconds a run still needs: its own recorded epoch times when it has some, else the estimate."""
+    rows = store.epochs(run.id) if run.epoch else []
+    seconds = [r["seconds"] for r in rows if r["seconds"]]
+    per_epoch = sum(seconds) / len(seconds) if seconds else epoch_seconds(store, run.config)
+    if per_epoch is None:
+        return None
+    done = run.epoch + (run.batch / run.batches_per_epoch if run.batches_per_epoch else 0.0)
+    return max(0.0, (run.config.epochs - done) * per_epoch)
+
+
+def queue(store: RunStore, slots: int = 1) -> list[QueueEntry]:
+    """The running runs, then the queued ones in the order they will start (oldest first), each with when it
+    should start and end: queued runs take the first slot to come free."""
+    running = store.list_runs(status="running")
+    waiting = sorted(store.list_runs(status="queued"), key=lambda r: r.id)
+    free_at = []  # when each slot comes free, seconds from now
+    entries = []
+    for run in running:
+        left = remaining_seconds(store, run)
+        entries.append(QueueEntry(run, None, 0.0, left))
+        free_at.append(left if left is not None else float("inf"))
+    free_at += [0.0] * max(0, slots - len(free_at))
+    heapq.heapify(free_at)
+    for position, run in enumerate(waiting, 1):
+        start = heapq.heappop(free_at) if free_at else float("inf")
+        need = remaining_seconds(store, run)
+        end = start + need if need is not None else float("inf")
+        heapq.heappush(free_at, end)
+        entries.append(QueueEntry(run, position, None if start == float("inf") else start,
+                                  None if end == float("inf") else end))
+    return entries
+
+
+def describe(seconds: float | None) -> str:
+    """'~40 s', '~3 min', '~1.2 h', or 'unknown'."""
+    if seconds is None:
+        return "unknown"
+    if seconds < 90:
+        return f"~{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"~{round(seconds / 60)} min"
+    return f"~{seconds / 3600:.1f} h"

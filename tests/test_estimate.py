@@ -1,0 +1,50 @@
+"""Queue positions and time estimates, from the epochs a store recorded (or the shipped runs)."""
+
+import os
+
+import pytest
+
+from core import estimate
+from core.config import TrainConfig
+from core.runs import RunStore
+from core.train import EpochResult
+
+
+@pytest.fixture
+def store(tmp_path):
+    return RunStore(str(tmp_path / "runs.db"))
+
+
+def finished_run(store, config, seconds):
+    run_id = store.create_run(config)
+    for e in range(1, config.epochs + 1):
+        store.add_epoch(run_id, EpochResult(e, 0.1, 97.0, 0.1, 98.0, 0.01, seconds))
+    store.finish(run_id, "finished")
+    return run_id
+
+
+def test_epoch_time_comes_from_this_machines_runs_scaled_by_images(store):
+    finished_run(store, TrainConfig(model="Tiny4k", epochs=2, train_limit=6000, test_limit=1000), 10.0)
+    same = estimate.epoch_seconds(store, TrainConfig(model="Tiny4k", train_limit=6000, test_limit=1000))
+    double = estimate.epoch_seconds(store, TrainConfig(model="Tiny4k", train_limit=12000, test_limit=2000))
+    assert same == pytest.approx(10.0) and double == pytest.approx(20.0)
+    shipped = estimate.epoch_seconds(store, TrainConfig(model="Model2"))  # none here: the shipped run's pace
+    assert shipped is not None and shipped > 0
+
+
+def test_queued_runs_get_their_position_and_start_after_the_one_ahead(store):
+    finished_run(store, TrainConfig(model="Model2c", epochs=1, train_limit=6000, test_limit=1000), 10.0)
+    config = TrainConfig(model="Model2c", epochs=4, train_limit=6000, test_limit=1000)
+    running = store.create_run(config)
+    store.claim(running, os.getpid())
+    for e in (1, 2):
+        store.add_epoch(running, EpochResult(e, 0.1, 97.0, 0.1, 98.0, 0.01, 10.0))
+    first, second = store.create_run(config), store.create_run(config.replace(epochs=2))
+    entries = {e.run.id: e for e in estimate.queue(store, slots=1)}
+    assert entries[running].position is None and entries[running].ends_in == pytest.approx(20.0)
+    assert (entries[first].position, entries[first].starts_in, entries[first].ends_in) == (1, pytest.approx(20.0), pytest.approx(60.0))
+    assert (entries[second].position, entries[second].starts_in, entries[second].ends_in) == (2, pytest.approx(60.0), pytest.approx(80.0))
+    two_slots = {e.run.id: e for e in estimate.queue(store, slots=2)}
+    assert two_slots[first].starts_in == 0.0 and two_slots[second].starts_in == pytest.approx(20.0)
+    assert estimate.describe(20) == "~20 s" and estimate.describe(600) == "~10 min" and estimate.describe(None) == "unknown"
+    store.finish(running, "stopped")
