@@ -56,7 +56,8 @@ def main() -> None:
             else:
                 st.caption("The same settings for both.")
     with st.expander("Layer by layer (parameters include the BatchNorm after a conv)"):
-        st.dataframe(pd.DataFrame(diff["layers"]), hide_index=True, width="stretch")
+        rows = diff["layers"]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=35 * (len(rows) + 1) + 3)
 
     st.subheader("The shipped runs")
     runs = step_runs(before, after)
