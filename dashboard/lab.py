@@ -161,10 +161,37 @@ def curves(series: dict[str, list[dict]], metrics: list[str], title: str, y_titl
     return fig
 
 
+TIME_COLUMN = "wall time (s; moves with the machine's load)"
+COLOURS = ["#4c78a8", "#e45756", "#54a24b", "#f58518", "#b279a2", "#72b7b2", "#eeca3b", "#ff9da6", "#9d755d", "#bab0ac"]
+
+
+def train_test_chart(series: dict[str, list[dict]], kind: str, title: str, y_title: str, zoom: bool) -> go.Figure:
+    """Train (dashed) and test (solid) `kind` ("acc" or "loss") of each series over epochs, one colour per
+    series, so the gap between them (what Dropout changes) shows. `zoom`: accuracy axes start where the
+    runs differ (3 points below the lowest best test accuracy), not at 0."""
+    fig = go.Figure()
+    for n, (name, rows) in enumerate(series.items()):
+        colour = COLOURS[n % len(COLOURS)]
+        for split, dash in (("test", "solid"), ("train", "dash")):
+            fig.add_scatter(x=[r["epoch"] for r in rows], y=[r[f"{split}_{kind}"] for r in rows], mode="lines+markers",
+                            name=f"{name} {split}", line=dict(color=colour, dash=dash), marker=dict(size=4),
+                            legendgroup=name)
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=y_title, height=420,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    last = max((r["epoch"] for rows in series.values() for r in rows), default=1)
+    fig.update_xaxes(tickmode="linear", tick0=1, dtick=max(1, -(-last // 8)))
+    bests = [max(r[f"test_{kind}"] for r in rows) for rows in series.values() if rows]
+    if zoom and kind == "acc" and bests:
+        fig.update_yaxes(range=[max(0.0, min(bests) - 3.0), 100.0])
+    if kind == "loss":
+        fig.update_yaxes(type="log")
+    return fig
+
+
 def summarise(rows: list[dict]) -> dict:
     """Best test acc, its epoch, mean of the last three epochs and total time for one run's epochs."""
     if not rows:
-        return {"best test %": None, "epoch of best": None, "last-3 test %": None, "epochs": 0, "time (s)": None}
+        return {"best test %": None, "epoch of best": None, "last-3 test %": None, "epochs": 0, TIME_COLUMN: None}
     best = max(rows, key=lambda r: r["test_acc"])
     last3 = [r["test_acc"] for r in rows[-3:]]
     return {
@@ -172,7 +199,7 @@ def summarise(rows: list[dict]) -> dict:
         "epoch of best": best["epoch"],
         "last-3 test %": round(sum(last3) / len(last3), 2),
         "epochs": len(rows),
-        "time (s)": round(sum(r["seconds"] or 0 for r in rows), 1),
+        TIME_COLUMN: round(sum(r["seconds"] or 0 for r in rows), 1),
     }
 
 

@@ -447,3 +447,22 @@ def test_train_lists_the_active_runs_with_queue_position_and_stays_on_the_one_sh
     assert any(s.value == f"Run {waiting}: Tiny4k" for s in at.subheader)
     assert any("Estimated time on this machine: ~" in c.value for c in at.caption)
     store.finish(waiting, "stopped")
+
+
+def test_compare_draws_train_and_test_per_run_zoomed_and_keeps_the_choice_across_pages(store_url):
+    import json
+
+    at = open_page("views/Compare.py")
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t["name"] for t in spec["data"]]
+    assert "Model3 (reference) test" in names and "Model3 (reference) train" in names
+    dashes = {t["name"]: t["line"]["dash"] for t in spec["data"]}
+    assert dashes["Model3 (reference) test"] == "solid" and dashes["Model3 (reference) train"] == "dash"
+    low, high = spec["layout"]["yaxis"]["range"]
+    assert 90 < low < 99 and high == 100  # where the runs differ, not 0-100
+    at.toggle(key="full-range").set_value(True).run()
+    assert "range" not in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["yaxis"]
+    at.multiselect(key="runs").set_value(["Tiny4k (reference)"]).run()
+    at.switch_page("views/Draw.py").run()
+    at.switch_page("views/Compare.py").run()
+    assert at.multiselect(key="runs").value == ["Tiny4k (reference)"]

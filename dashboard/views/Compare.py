@@ -56,7 +56,11 @@ def main() -> None:
         return
     # By default the whole progression and the newest run with an epoch.
     default = progression + [k for k, v in options.items() if v.has_epochs][:1]
-    chosen = st.multiselect("Runs", list(options), default=default, key="runs")
+    # the choice outlives leaving the page (a widget's own state does not)
+    if "runs" not in st.session_state and "compare-chosen" in st.session_state:
+        st.session_state["runs"] = [k for k in st.session_state["compare-chosen"] if k in options]
+    chosen = st.multiselect("Runs", list(options), default=None if "runs" in st.session_state else default, key="runs")
+    st.session_state["compare-chosen"] = chosen
     if search.strip() and not runs:
         st.caption(f"No run matches {search.strip()!r}.")
     elif len(runs) == lab.NEWEST_RUNS and (total := store.count_runs(search)) > len(runs):
@@ -71,11 +75,15 @@ def main() -> None:
 
     series = {k: options[k].epochs for k in chosen if options[k].epochs}
     if series:
-        tabs = st.tabs(["Test accuracy", "Train accuracy", "Test loss", "Train loss"])
-        for tab, (metric, unit) in zip(
-            tabs, [("test_acc", "%"), ("train_acc", "%"), ("test_loss", "loss"), ("train_loss", "loss")], strict=True
-        ):
-            tab.plotly_chart(lab.curves(series, [metric], tab_title(metric), unit), key=f"curve-{metric}")
+        full = st.toggle("Full accuracy range (0-100%)", False, key="full-range",
+                         help="off: the axis starts 3 points below the lowest best test accuracy, where the runs differ")
+        acc, loss = st.tabs(["Accuracy", "Loss"])
+        acc.plotly_chart(lab.train_test_chart(series, "acc", "Accuracy: test solid, train dashed", "%", not full),
+                         key="curve-acc")
+        loss.plotly_chart(lab.train_test_chart(series, "loss", "Loss: test solid, train dashed", "cross-entropy (log)", False),
+                          key="curve-loss")
+        st.caption("Train accuracy is measured on augmented images with dropout on, so it can sit below test "
+                   "accuracy; the gap between the two lines is what Dropout and augmentation change.")
     else:
         st.info("The chosen runs have no finished epoch yet.")
 
@@ -100,10 +108,6 @@ def main() -> None:
                          title="Parameters vs best test accuracy")
         fig.update_traces(marker_size=12)
         st.plotly_chart(fig, key="scatter")
-
-
-def tab_title(metric: str) -> str:
-    return metric.replace("_", " ").replace("acc", "accuracy").capitalize()
 
 
 main()
