@@ -9,9 +9,13 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch.nn as nn
 
+from core.config import TrainConfig
 from core.data import MNIST, load_mnist
 from core.evaluation import Evaluation, evaluate_classes
-from core.reference import load_reference_model, model_from_state, reference_names, seed_recipe_names
+from core.export import checkpoint_bytes, onnx_bytes
+from core.reference import (
+    load_reference_model, model_from_state, reference_info, reference_names, seed_recipe_info, seed_recipe_names,
+)
 from core.runs import Run, RunStore, StoreError, default_url
 
 # Pages list at most this many of the newest runs (each rerun reads them; 10,000 runs take ~0.65 s).
@@ -98,6 +102,31 @@ def load_model(choice: TrainedModel, store_url: str) -> nn.Module:
 
 def model_for(choice: TrainedModel) -> nn.Module:
     return load_model(choice, default_url())
+
+
+@st.cache_data(show_spinner="Exporting to ONNX (about 10 s)...", max_entries=8)
+def _onnx(choice: TrainedModel, store_url: str) -> bytes:
+    return onnx_bytes(load_model(choice, store_url))
+
+
+def download_model(choice: TrainedModel, where=st) -> None:
+    """Downloads of the chosen model: a PyTorch checkpoint (state_dict + config) at once, ONNX on request
+    (exporting takes seconds). The README shows how to run the ONNX file with onnxruntime alone."""
+    name = f"run{choice.run_id}" if choice.run_id else choice.model.lower() + ("-seed-recipe" if choice.seed_recipe else "")
+    if choice.run_id:
+        config = TrainConfig.from_json(_store(default_url()).load_checkpoint(choice.run_id, "best", ("config",))["config"])
+    else:
+        config = TrainConfig.from_dict((seed_recipe_info if choice.seed_recipe else reference_info)(choice.model)["config"])
+    c1, c2 = where.columns(2)
+    c1.download_button("Download PyTorch checkpoint", checkpoint_bytes(model_for(choice), config), f"{name}.pt",
+                       key=f"dl-pt-{name}", help="torch.load(f, weights_only=True): {'model': state_dict, 'config': ...}")
+    key = f"onnx-ready-{name}"
+    if st.session_state.get(key):
+        c2.download_button("Download ONNX", _onnx(choice, default_url()), f"{name}.onnx", key=f"dl-onnx-{name}",
+                           help="input (N, 1, 28, 28) normalised as MNIST, output (N, 10) logits")
+    elif c2.button("Export to ONNX", key=f"export-{name}"):
+        st.session_state[key] = True
+        st.rerun()
 
 
 @st.cache_resource(show_spinner="Running the model over the 10,000 test digits...", max_entries=8)

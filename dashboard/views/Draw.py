@@ -90,6 +90,8 @@ def main() -> None:
             return
         try:
             model = lab.model_for(choice)
+            with st.expander("Take this model home"):
+                lab.download_model(choice)
         except StoreError as e:
             st.error(str(e))
             return
