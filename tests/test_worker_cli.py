@@ -62,7 +62,10 @@ def test_killed_run_is_interrupted_keeps_its_epochs_and_resumes(slow_root, store
     assert f"resuming run {run.id} after epoch" in done.stdout
     after = store.epochs(run.id)
     assert [e["epoch"] for e in after] == list(range(1, 9))
-    assert after[: len(before)] == before  # finished epochs are untouched
+    # finished epochs keep their numbers; an epoch whose checkpoint the kill cut off is trained again (the
+    # same numbers: it replays from its seed) and only its wall time is measured anew
+    assert [{k: v for k, v in e.items() if k != "seconds"} for e in after[: len(before)]] == [
+        {k: v for k, v in e.items() if k != "seconds"} for e in before]
     assert store.get(run.id).status == "finished"
 
 
