@@ -138,13 +138,18 @@ def test_picking_a_unit_outlines_its_receptive_field_on_the_input(inspect_page):
     assert not at.exception, at.exception
     model = build_model("Model3")
     top, left, bottom, right = receptive_box(model, "convblock4", 2, 7)
-    outline = chart_layouts(at)["Receptive field of unit (2, 7)"]["shapes"][0]
+    activation = next(m for m in at.metric if m.label == "Activation")
+    outline = chart_layouts(at)[f"Receptive field of unit (2, 7): activation {activation.value}"]["shapes"][0]
     assert (outline["y0"], outline["x0"], outline["y1"], outline["x1"]) == (
         top - 0.5, left - 0.5, bottom + 0.5, right + 0.5)
     assert (bottom - top + 1, right - left + 1) == (10, 10)  # convblock4 sees 10x10 pixels, none clipped here
     assert "convblock4, channel 3 (10x10)" in chart_layouts(at)
-    activation = next(m for m in at.metric if m.label == "Activation")
-    assert float(activation.value) >= 0 and f"rows {top}–{bottom}, columns {left}–{right}" in activation.delta
+    from core.data import load_mnist
+    from core.reference import load_reference_model
+
+    maps = dict(layer_feature_maps(load_reference_model("Model3"), load_mnist().test_x[0:1]))["convblock4"]
+    assert float(activation.value) == pytest.approx(maps[3, 2, 7], abs=5e-4)  # test digit 0, the default input
+    assert f"rows {top}–{bottom}, columns {left}–{right}" in activation.delta
 
 
 def test_choosing_a_confusion_cell_shows_its_digits(inspect_page):

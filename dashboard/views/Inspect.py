@@ -183,7 +183,7 @@ def show_unit(model, x, layers: list[tuple[str, np.ndarray]]) -> None:
     act.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10))
     left_col.plotly_chart(act, key="unit-map", on_select=on_click("unit-map", keys["i"], keys["j"]),
                           selection_mode="points")
-    seen = px.imshow(as_picture(x), color_continuous_scale="gray", title=f"Receptive field of unit ({i}, {j})")
+    seen = px.imshow(as_picture(x), color_continuous_scale="gray", title=f"Receptive field of unit ({i}, {j}): activation {value:.3f}")
     seen.add_shape(type="rect", x0=left - 0.5, x1=right + 0.5, y0=top - 0.5, y1=bottom + 0.5,
                    line=dict(color="red", width=3), name="receptive field")
     seen.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), coloraxis_showscale=False)
