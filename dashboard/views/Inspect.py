@@ -56,7 +56,7 @@ def clickable(fig: go.Figure, rows: int, cols: int, hover: str) -> go.Figure:
     fig.add_scatter(x=xs.ravel(), y=ys.ravel(), mode="markers", showlegend=False, hovertemplate=hover,
                     marker=dict(symbol="square", size=max(6, 300 // max(rows, cols)), opacity=0))
     fig.update_xaxes(range=[-0.5, cols - 0.5])  # the markers would pad the axes by a cell
-    fig.update_yaxes(range=[rows - 0.5, -0.5])  # row 0 on top, as the heatmap draws it
+    fig.update_yaxes(range=[rows - 0.5, -0.5], autorange=False)  # row 0 on top, as the heatmap draws it
     return fig
 
 
@@ -105,7 +105,7 @@ def show_kernels(model) -> None:
                          ticktext=[str(c) for c in range(w.shape[0])], title="output channel")
         fig.update_yaxes(tickvals=[r * (k + 1) + (k - 1) / 2 for r in range(w.shape[1])],
                          ticktext=[str(r) for r in range(w.shape[1])], title="input channel")
-        fig.update_layout(height=140 + 14 * grid.shape[0], margin=dict(l=10, r=10, t=40, b=10))
+        fig.update_layout(height=190 + 14 * grid.shape[0], margin=dict(l=10, r=10, t=40, b=10))
         st.plotly_chart(fig, key=f"kernels-{name}")
 
 
@@ -238,7 +238,8 @@ def main() -> None:
     sources = (["the digit drawn on the Draw page"] if drawn is not None else []) + ["a test digit"]
     source = st.radio("Input", sources, horizontal=True, key="fm-source")
     if source == "a test digit":
-        idx = st.number_input("Test digit index", 0, len(data.test_y) - 1, 0, key="fm-index")
+        idx = st.columns([1, 3])[0].number_input("Test digit index (the galleries show them as #index)", 0,
+                                                  len(data.test_y) - 1, 0, key="fm-index")
         x = data.test_x[int(idx) : int(idx) + 1]
         truth = f"; labelled {int(data.test_y[int(idx)])}"
     else:
