@@ -116,7 +116,7 @@ def test_every_page_train_live_and_draw_a_digit(server, page):
     # Train: a tiny run, started from the page, watched live
     page.goto(f"{server}/Train")
     settle(page, "New run")
-    page.get_by_text("reference", exact=True).click()  # the tuned recipe: a usable model from a tiny run
+    page.get_by_text("our tuned recipe", exact=True).click()  # a usable model from a tiny run
     page.wait_for_timeout(1000)
     for label, value in (("Epochs", "3"), ("Training images", "2000"), ("Test images", "500")):
         box = page.get_by_label(label, exact=False)
