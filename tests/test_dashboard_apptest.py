@@ -466,3 +466,12 @@ def test_compare_draws_train_and_test_per_run_zoomed_and_keeps_the_choice_across
     at.switch_page("views/Draw.py").run()
     at.switch_page("views/Compare.py").run()
     assert at.multiselect(key="runs").value == ["Tiny4k (reference)"]
+
+
+def test_inspect_offers_the_model_as_a_checkpoint_and_as_onnx(store_url):
+    at = open_page("views/Inspect.py")
+    assert at.selectbox(key="inspect-model").value.label == "Model3 (reference)"
+    assert len(at.get("download_button")) == 1  # the checkpoint at once; ONNX on request (it takes seconds)
+    at.button(key="export-model3").click().run()
+    assert not at.exception, at.exception
+    assert len(at.get("download_button")) == 2

@@ -203,6 +203,8 @@ def main() -> None:
     try:
         model = lab.model_for(choice)
         data = lab.mnist()
+        with st.expander("Take this model home"):
+            lab.download_model(choice)
     except (StoreError, DataError) as e:
         st.error(str(e))
         return
