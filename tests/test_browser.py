@@ -43,7 +43,7 @@ def server(tmp_path_factory):
     env = {**os.environ, "MNIST_LAB_DB": f"sqlite:///{folder / 'runs.db'}"}
     log = open(folder / "streamlit.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.port", str(port),
+        [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.port", str(port), "--server.address", "127.0.0.1",
          "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )

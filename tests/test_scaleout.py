@@ -189,14 +189,14 @@ def test_browser_launches_a_sweep_and_its_trials_fill_the_table(tmp_path, tiny_m
     env.pop("MNIST_LAB_RAY", None)
     with open(tmp_path / "streamlit.log", "wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.port", str(port),
+            [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.port", str(port), "--server.address", "127.0.0.1",
              "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _healthy(urllib.request, base), 60, "streamlit to answer")
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.goto(f"{base}/Sweeps")
             page.get_by_text("No sweep yet").wait_for(timeout=60_000)
