@@ -63,7 +63,8 @@ def test_ray_run_stops_on_request_and_a_killed_worker_leaves_it_interrupted(ray_
     store = RunStore(pg_url)
     to_stop = start_run(store, tiny(200), data_root=tiny_mnist, ray=ray_local)
     to_kill = start_run(store, tiny(200, seed=2), data_root=tiny_mnist, ray=ray_local)
-    wait_until(lambda: all(store.get(i).epoch >= 1 for i in (to_stop, to_kill)), 120, "both runs to finish an epoch")
+    # an epoch's row comes before its checkpoint: wait for the checkpoint (saved_epoch), not just the row
+    wait_until(lambda: all(store.get(i).saved_epoch >= 1 for i in (to_stop, to_kill)), 120, "both runs to checkpoint an epoch")
 
     stop_run(store, to_stop)
     wait_until(lambda: store.get(to_stop).status == "stopped", 60, "the stop request to be honoured")
