@@ -71,6 +71,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_streamlit(root: Path, env: dict, folder: Path):
+    """`streamlit run dashboard/Home.py` from `root` on a free port of 127.0.0.1 only, its output in
+    folder/streamlit.log; returns (process, base URL) once it answers, else RuntimeError with the log's tail."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port = _free_port()
+    with open(folder / "streamlit.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
+             "--browser.gatherUsageStats", "false"],
+            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, base
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"streamlit did not start: {(folder / 'streamlit.log').read_text()[-2000:]}") from None
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """One throwaway PostgreSQL server for the session: initdb into a temp dir owned by `postgres` (initdb

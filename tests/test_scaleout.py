@@ -173,11 +173,7 @@ def test_sweeps_page_launches_a_tiny_sweep_and_its_trials_appear(page_store, tin
 # ---- the Sweeps page in a real browser (Playwright + Debian's Chromium against `streamlit run`) -------------
 @pytest.mark.browser
 def test_browser_launches_a_sweep_and_its_trials_fill_the_table(tmp_path, tiny_mnist):
-    import subprocess
-    import sys
-    import urllib.request
-
-    from tests.conftest import _free_port
+    from tests.conftest import start_streamlit
 
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("Debian's Chromium is not installed (apt-get install chromium)")
@@ -185,17 +181,11 @@ def test_browser_launches_a_sweep_and_its_trials_fill_the_table(tmp_path, tiny_m
     root = Path(__file__).resolve().parent.parent
     shots = root / "test-artifacts" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
-    port, url = _free_port(), f"sqlite:///{tmp_path / 'runs.db'}"
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
     env = {**os.environ, "MNIST_LAB_DB": url, "MNIST_ROOT": tiny_mnist}
     env.pop("MNIST_LAB_RAY", None)
-    with open(tmp_path / "streamlit.log", "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_streamlit(root, env, tmp_path)
     try:
-        wait_until(lambda: _healthy(urllib.request, base), 60, "streamlit to answer")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
@@ -219,11 +209,3 @@ def test_browser_launches_a_sweep_and_its_trials_fill_the_table(tmp_path, tiny_m
     finally:
         server.terminate()
         server.wait(timeout=20)
-
-
-def _healthy(urllib_request, base: str) -> bool:
-    try:
-        with urllib_request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
