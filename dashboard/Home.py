@@ -48,12 +48,13 @@ def home() -> None:
         st.progress(run.progress)
 
     st.subheader("Pages")
-    cols = st.columns(5)
-    cols[0].page_link("views/Train.py", label="Train a variant", icon=":material/model_training:")
-    cols[1].page_link("views/Compare.py", label="Compare runs", icon=":material/compare_arrows:")
-    cols[2].page_link("views/Draw.py", label="Draw a digit", icon=":material/draw:")
-    cols[3].page_link("views/Inspect.py", label="Inspect a model", icon=":material/search:")
-    cols[4].page_link("views/Sweeps.py", label="Sweep recipes", icon=":material/tune:")
+    cols = st.columns(6)
+    cols[0].page_link("views/Ideas.py", label="Learn the ideas", icon=":material/lightbulb:")
+    cols[1].page_link("views/Train.py", label="Train a variant", icon=":material/model_training:")
+    cols[2].page_link("views/Compare.py", label="Compare runs", icon=":material/compare_arrows:")
+    cols[3].page_link("views/Draw.py", label="Draw a digit", icon=":material/draw:")
+    cols[4].page_link("views/Inspect.py", label="Inspect a model", icon=":material/search:")
+    cols[5].page_link("views/Sweeps.py", label="Sweep recipes", icon=":material/tune:")
 
 
 def main() -> None:

@@ -132,17 +132,17 @@ def _chart(title: str, y_title: str, view: RunView, step_key: str, epoch_key: st
     and the reference run's per-epoch train/test curves faintly behind."""
     fig = go.Figure()
     if ghost:
-        label, rows = ghost
+        _, rows = ghost
         for key, dash in ((step_key, "dot"), (epoch_key, "dash")):
             if key and rows and key in rows[0]:
                 fig.add_scatter(x=[r["epoch"] for r in rows], y=[r[key] for r in rows], mode="lines",
-                                name=f"{label}: {key.replace('_', ' ')}", line=dict(GHOST, dash=dash))
+                                name=f"reference {key.replace('_', ' ')}", line=dict(GHOST, dash=dash))
     if view.steps:
         fig.add_scatter(x=[r["epoch"] for r in view.steps], y=[r[step_key] for r in view.steps], mode="lines",
-                        name=f"run {view.run.id}: {step_key.replace('_', ' ')} (per step)", line=dict(color="#4c78a8"))
+                        name=f"{step_key.replace('_', ' ')} (per step)", line=dict(color="#4c78a8"))
     if epoch_key and view.epochs:
         fig.add_scatter(x=[r["epoch"] for r in view.epochs], y=[r[epoch_key] for r in view.epochs],
-                        mode="lines+markers", name=f"run {view.run.id}: {epoch_key.replace('_', ' ')}",
+                        mode="lines+markers", name=epoch_key.replace("_", " "),
                         line=dict(color="#e45756"))
     last = max(view.run.config.epochs, 1)
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=y_title, height=320,

@@ -368,7 +368,8 @@ def test_train_shows_step_points_before_the_first_epoch_ends(store_url):
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert titles[:3] == ["Accuracy", "Loss", "Learning rate"]
     acc = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
-    assert any(t["name"].startswith("Model3") for t in acc)  # the reference run, faintly behind
+    assert any(t["name"].startswith("reference") for t in acc)  # the reference run, faintly behind
+    assert any("Grey, behind: Model3" in c.value for c in at.caption)
     assert any("per step" in t["name"] and len(t["x"]) == 39 for t in acc)
     store.finish(run_id, "stopped")
 

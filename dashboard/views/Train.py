@@ -40,7 +40,8 @@ def settings_form() -> None:
     optimizer = c1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(base.optimizer), key=f"opt-{k}")
     lr = c2.number_input("Learning rate", 1e-5, 1.0, base.lr, format="%.4f", key=f"lr-{k}")
     scheduler = c3.selectbox("LR schedule", SCHEDULERS, index=SCHEDULERS.index(base.scheduler), key=f"sched-{k}")
-    augment = c1.checkbox("Augment (random rotation)", base.augment, key=f"aug-{k}")
+    augment = c1.checkbox("Augment", base.augment, key=f"aug-{k}",
+                          help="random rotation (and the recipe's shifts/zoom) of each training batch")
     # the image counts and the label apply to any variant and recipe: kept when those change
     if copied and preset not in ("seed", "reference") and st.session_state.get("copied-applied") != copied[0]:
         st.session_state["tl"], st.session_state["vl"] = base.train_limit, base.test_limit
@@ -151,6 +152,8 @@ def live_run(run_id: int, every: float | None) -> None:
         c3.plotly_chart(lr, key="lr")
         st.toggle("Show the reference run (grey, behind)", True, key="ghost",
                   help="the shipped run of the same variant, under the same recipe where one ships")
+        if ghost:
+            st.caption(f"Grey, behind: {ghost[0]}, the shipped run this one is measured against.")
     if st.toggle("Layer health", False, key=f"health-{run.id}",
                  help="is every layer learning? read from the store when shown"):
         ratio, dead, hist = live.health_charts(lab.store(), run.id)
