@@ -534,15 +534,8 @@ class RunStore:
     def steps(self, run_id: int, max_points: int = 600) -> list[dict]:
         """The run's step points in step order, at most about `max_points` of them: a long run is thinned
         in the query (every k-th row, and the last), so a page reads only what it draws."""
-        inner = sa.select(
-            steps_table,
-            sa.func.row_number().over(order_by=steps_table.c.step).label("rn"),
-            sa.func.count().over().label("total"),
-        ).where(steps_table.c.run_id == run_id).subquery()
-        stride = (inner.c.total + max_points - 1) // max_points
-        q = (sa.select(*(inner.c[col.name] for col in steps_table.columns))
-             .where(sa.or_((inner.c.rn - 1) % stride == 0, inner.c.rn == inner.c.total))
-             .order_by(inner.c.step))
+        t = steps_table
+        q = t.select().where(t.c.run_id == run_id, t.c.step.in_(_thinned_steps(t, run_id, max_points))).order_by(t.c.step)
         with self._tx(write=False) as c:
             return [dict(r) for r in c.execute(q).mappings()]
 
@@ -554,11 +547,7 @@ class RunStore:
     def layer_health(self, run_id: int, max_steps: int = 200) -> list[dict]:
         """Per-layer rows of at most about `max_steps` measured steps (evenly thinned in the query), step order."""
         t = layer_health_table
-        ranked = sa.select(t.c.step, sa.func.row_number().over(order_by=t.c.step).label("rn"),
-                           sa.func.count().over().label("total")).where(t.c.run_id == run_id).group_by(t.c.step).subquery()
-        stride = (ranked.c.total + max_steps - 1) // max_steps
-        kept = sa.select(ranked.c.step).where(sa.or_((ranked.c.rn - 1) % stride == 0, ranked.c.rn == ranked.c.total))
-        q = t.select().where(t.c.run_id == run_id, t.c.step.in_(kept)).order_by(t.c.step, t.c.layer)
+        q = t.select().where(t.c.run_id == run_id, t.c.step.in_(_thinned_steps(t, run_id, max_steps))).order_by(t.c.step, t.c.layer)
         with self._tx(write=False) as c:
             return [dict(r) for r in c.execute(q).mappings()]
 
@@ -753,6 +742,16 @@ class RunStore:
                 pass
         with self._tx(write=False) as c:
             return {"file": c.execute(sa.text("PRAGMA page_count")).scalar() * c.execute(sa.text("PRAGMA page_size")).scalar()}
+
+
+def _thinned_steps(table: sa.Table, run_id: int, at_most: int) -> sa.Select:
+    """The distinct steps a run has in `table`, every k-th of them and the last, so that about `at_most` remain:
+    a long run is thinned in the query and a page reads only what it draws."""
+    ranked = (sa.select(table.c.step, sa.func.row_number().over(order_by=table.c.step).label("rn"),
+                        sa.func.count().over().label("total"))
+              .where(table.c.run_id == run_id).group_by(table.c.step).subquery())
+    stride = (ranked.c.total + at_most - 1) // at_most
+    return sa.select(ranked.c.step).where(sa.or_((ranked.c.rn - 1) % stride == 0, ranked.c.rn == ranked.c.total))
 
 
 def load_state_bytes(data: bytes, where: str, keys: tuple[str, ...] = ()) -> dict:
