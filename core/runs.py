@@ -54,6 +54,8 @@ runs_table = sa.Table(
     sa.Column("sweep", sa.String(64)),  # sweep id when the run is a sweep trial
     sa.Column("uid", sa.String(32)),  # unique per run: names its checkpoint folder, so no other store's files match
     sa.Column("saved_epoch", sa.Integer, nullable=False, server_default="0"),  # epoch of the newest 'last' checkpoint
+    # ---- schema 5, issue 17 (a lab for a class): who made the run; NULL = identity off, or made before it was on
+    sa.Column("owner", sa.String(200)),
 )
 epochs_table = sa.Table(
     "epochs",
@@ -112,7 +114,8 @@ schema_table = sa.Table(
 )
 sa.Index("runs_status", runs_table.c.status)
 sa.Index("runs_sweep", runs_table.c.sweep)
-SCHEMA_VERSION = 4  # bump with a schema change; an older store gets missing columns by ALTER TABLE ... ADD COLUMN
+sa.Index("runs_owner", runs_table.c.owner)  # schema 5: "my runs" in pickers, a user's cap on queued runs
+SCHEMA_VERSION = 5  # bump with a schema change; an older store gets missing columns by ALTER TABLE ... ADD COLUMN
 
 
 class StoreError(RuntimeError):
@@ -145,6 +148,7 @@ class Run:
     sweep: str | None
     uid: str | None
     saved_epoch: int
+    owner: str | None = None  # the user who made it (core.identity); None with identity off
 
     @property
     def progress(self) -> float:
@@ -290,11 +294,12 @@ class RunStore:
     # ---- runs -------------------------------------------------------------------------------
     def create_run(
         self, config: TrainConfig, label: str = "", sweep: str | None = None, *, params: int | None = None,
-        pid: int | None = None,
+        pid: int | None = None, owner: str | None = None,
     ) -> int:
         """Record a queued run. `params`: the model's parameter count (the caller knows the model; the store
         holds runs, not networks). `pid`: the local process answerable for the run until its training
-        process claims it; when that process dies first, `reconcile` marks the run interrupted."""
+        process claims it; when that process dies first, `reconcile` marks the run interrupted. `owner`: the
+        user who made it (core.identity), None with identity off."""
         config.validate()
         with self._tx() as c:
             res = c.execute(
@@ -309,6 +314,7 @@ class RunStore:
                     uid=uuid.uuid4().hex,
                     pid=pid,
                     host=socket.gethostname() if pid else None,
+                    owner=owner,
                 )
             )
             return int(res.inserted_primary_key[0])
@@ -322,9 +328,10 @@ class RunStore:
         return _run(row)
 
     def list_runs(
-        self, status: str | None = None, sweep: str | None = None, limit: int | None = None, search: str = ""
+        self, status: str | None = None, sweep: str | None = None, limit: int | None = None, search: str = "",
+        owner: str | None = None,
     ) -> list[Run]:
-        """Newest first; `search` keeps the runs it matches (see `_matching`)."""
+        """Newest first; `search` keeps the runs it matches (see `_matching`); `owner`: only that user's runs."""
         q = runs_table.select().order_by(runs_table.c.id.desc())
         if status:
             q = q.where(runs_table.c.status == status)
@@ -332,6 +339,8 @@ class RunStore:
             q = q.where(runs_table.c.sweep == sweep)
         if search.strip():
             q = q.where(_matching(search))
+        if owner is not None:
+            q = q.where(runs_table.c.owner == owner)
         if limit:
             q = q.limit(limit)
         with self._tx(write=False) as c:
@@ -373,7 +382,8 @@ class RunStore:
         self, run_id: int, pid: int, max_running: int | None = None, from_status: tuple[str, ...] = ("queued", "interrupted", "stopped")
     ) -> bool:
         """Mark a run that is in one of `from_status` as running by this process. With max_running, only
-        when fewer runs than that are running on this host (a local queue). Atomic: one UPDATE."""
+        when fewer runs than that are running on this host and no older run is queued for it here (a local
+        first-come queue, so core.estimate's queue positions hold). Atomic: one UPDATE."""
         host = socket.gethostname()
         cond = sa.and_(runs_table.c.id == run_id, runs_table.c.status.in_(from_status))
         if max_running is not None:
@@ -383,7 +393,7 @@ class RunStore:
                 .where(runs_table.c.status == "running", runs_table.c.host == host)
                 .scalar_subquery()
             )
-            cond = sa.and_(cond, running < max_running)
+            cond = sa.and_(cond, running < max_running, ~_older_queued_here(run_id, host))
         now = time.time()
         with self._tx() as c:
             res = c.execute(
@@ -483,6 +493,23 @@ class RunStore:
                 f.unlink()
             if d.is_dir():
                 d.rmdir()
+
+    # ---- a lab for a class (issue 17): owners and a user's share of the queue ---------------------
+    def active_count(self, owner: str, up_to: int | None = None) -> int:
+        """How many of `owner`'s runs are queued or running (`up_to`: only those with an id up to it, so a run
+        just created counts the runs made before it, and of two made at once the later one is over a cap)."""
+        q = sa.select(sa.func.count()).select_from(runs_table).where(
+            runs_table.c.owner == owner, runs_table.c.status.in_(ACTIVE))
+        if up_to is not None:
+            q = q.where(runs_table.c.id <= up_to)
+        with self._tx(write=False) as c:
+            return c.execute(q).scalar_one()
+
+    def owners(self) -> list[str]:
+        """Everyone who has runs in the store, by name."""
+        q = sa.select(runs_table.c.owner).where(runs_table.c.owner.is_not(None)).distinct().order_by(runs_table.c.owner)
+        with self._tx(write=False) as c:
+            return [r[0] for r in c.execute(q)]
 
     # ---- epochs -----------------------------------------------------------------------------
     def add_epoch(self, run_id: int, result) -> None:
@@ -742,6 +769,13 @@ class RunStore:
                 pass
         with self._tx(write=False) as c:
             return {"file": c.execute(sa.text("PRAGMA page_count")).scalar() * c.execute(sa.text("PRAGMA page_size")).scalar()}
+
+
+def _older_queued_here(run_id: int, host: str) -> sa.Exists:
+    """A run older than `run_id` queued on `host` (its process waits for a slot there): it goes first.
+    (schema 5, issue 17: first come, first served)"""
+    older = runs_table.alias("older")
+    return sa.exists().where(older.c.status == "queued", older.c.host == host, older.c.id < run_id)
 
 
 def _thinned_steps(table: sa.Table, run_id: int, at_most: int) -> sa.Select:
