@@ -1,14 +1,18 @@
 """How long runs take: the seconds an epoch of a config takes on this machine, and the queue's position and
-estimated start and end of each active run (for the Train page)."""
+estimated start and end of each active run (for the Train page), over as many training slots as the machine
+(MNIST_LAB_LOCAL_SLOTS) or the Ray cluster (its CPUs / MNIST_LAB_RAY_CPUS) offers."""
 
 from __future__ import annotations
 
 import heapq
+import time
 from dataclasses import dataclass
 
+from core import ray_exec
 from core.config import TrainConfig
 from core.reference import reference_for
 from core.runs import Run, RunStore
+from core.worker import LOCAL_SLOTS
 
 MNIST_TRAIN, MNIST_TEST = 60_000, 10_000
 
@@ -89,3 +93,33 @@ def describe(seconds: float | None) -> str:
     if seconds < 90 * 60:
         return f"~{round(seconds / 60)} min"
     return f"~{seconds / 3600:.1f} h"
+
+
+def training_slots(address: str | None = None) -> int:
+    """Runs that train at once: MNIST_LAB_LOCAL_SLOTS on this machine; on Ray (`address`, default $MNIST_LAB_RAY)
+    the cluster's CPUs over the CPUs a run asks for (at least 1), or the local figure when it cannot be reached."""
+    address = address or ray_exec.ray_address()
+    if not address:
+        return LOCAL_SLOTS
+    try:
+        cpus = ray_exec.connect(address).cluster_resources().get("CPU", 0)
+    except ray_exec.RayError:
+        return LOCAL_SLOTS
+    return max(1, int(cpus // ray_exec.CPUS_PER_RUN))
+
+
+def entry_of(entries: list[QueueEntry], run_id: int) -> QueueEntry | None:
+    """The queue's entry of a run (None when it is neither running nor queued)."""
+    return next((e for e in entries if e.run.id == run_id), None)
+
+
+def owned_by(entries: list[QueueEntry], owner: str) -> list[QueueEntry]:
+    """A user's entries, in queue order (their place in the whole class's queue)."""
+    return [e for e in entries if e.run.owner == owner]
+
+
+def clock(seconds_from_now: float | None, now: float | None = None) -> str:
+    """The wall-clock time (HH:MM, this machine's zone) that many seconds from now, or 'unknown'."""
+    if seconds_from_now is None:
+        return "unknown"
+    return time.strftime("%H:%M", time.localtime((time.time() if now is None else now) + seconds_from_now))

@@ -2,6 +2,7 @@
 
 Every trial is an ordinary run in the store (`sweep` set to the sweep id), trained by core.worker.execute_run;
 ASHA reads each epoch's test accuracy and stops a trial through the store's stop flag, so it ends 'stopped'.
+Every trial records the sweep's owner (who launched it); MNIST_LAB_SWEEPS=teachers lets only teachers launch.
 
     python -m core.sweep --model Model3 --epochs 6 --lr 0.01,0.05,0.1 --batch-size 64,128 --search grid
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import ConfigError, TrainConfig, recipe
+from core.identity import User, check_may_sweep, owner_of, settings
 from core.launch import spawn_detached
 from core.ray_exec import connect
 from core.ray_exec import ray_address as configured_address
@@ -99,11 +101,12 @@ def _trial_class():
         """One sweep trial = one stored run trained by execute_run in a thread; step() hands Tune its next epoch.
         The thread waits after each epoch until Tune asks for the next one, so ASHA decides before it trains on."""
 
-        def setup(self, searched, spec: SweepSpec, sweep_id: str, store_url: str, data_root: str | None):
+        def setup(self, searched, spec: SweepSpec, sweep_id: str, store_url: str, data_root: str | None,
+                  owner: str | None = None):
             self.config_ = spec.config(searched)  # searched: this trial's value of each searched field
             self.store = RunStore(store_url)
             self.run_id = self.store.create_run(self.config_, label=f"{sweep_id} " + _describe(searched), sweep=sweep_id,
-                                                 params=self.config_.parameter_count())
+                                                 params=self.config_.parameter_count(), owner=owner)
             self.results: queue.Queue = queue.Queue()
             self.go = threading.Semaphore(0)  # released by step() for every epoch after the first
             self.done = False
@@ -153,8 +156,9 @@ def new_sweep_id() -> str:
 
 
 def run_sweep(spec: SweepSpec, store_url: str | None = None, data_root: str | None = None,
-              ray_address: str | None = None, sweep_id: str | None = None) -> list[Run]:
-    """Run the sweep to its end (locally or on the Ray cluster) and return its trials, newest first."""
+              ray_address: str | None = None, sweep_id: str | None = None, owner: str | None = None) -> list[Run]:
+    """Run the sweep to its end (locally or on the Ray cluster) and return its trials, newest first; each
+    trial's run records `owner`."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -165,7 +169,8 @@ def run_sweep(spec: SweepSpec, store_url: str | None = None, data_root: str | No
     epochs = spec.config({}).epochs
     choose = tune.grid_search if spec.search == "grid" else tune.choice
     trainable = tune.with_resources(
-        tune.with_parameters(_trial_class(), spec=spec, sweep_id=sweep_id, store_url=store.url, data_root=data_root),
+        tune.with_parameters(_trial_class(), spec=spec, sweep_id=sweep_id, store_url=store.url, data_root=data_root,
+                             owner=owner),
         {"cpu": spec.cpus_per_trial},
     )
     tuner = tune.Tuner(
@@ -205,7 +210,8 @@ def settle(store: RunStore, sweep_id: str, timeout: float = 120.0) -> None:
         time.sleep(0.5)
 
 
-def command_line(spec: SweepSpec, sweep_id: str, store_url: str, data_root: str | None = None) -> list[str]:
+def command_line(spec: SweepSpec, sweep_id: str, store_url: str, data_root: str | None = None,
+                 owner: str | None = None) -> list[str]:
     """The `python -m core.sweep ...` command that runs this spec (what the Sweeps page launches)."""
     cmd = [sys.executable, "-m", "core.sweep", "--model", spec.model, "--recipe", spec.recipe, "--search", spec.search,
            "--samples", str(spec.samples), "--grace", str(spec.grace), "--reduction", str(spec.reduction),
@@ -219,15 +225,19 @@ def command_line(spec: SweepSpec, sweep_id: str, store_url: str, data_root: str 
         cmd += ["--max-concurrent", str(spec.max_concurrent)]
     if data_root:
         cmd += ["--data", str(data_root)]
+    if owner:
+        cmd += ["--owner", owner]
     return cmd
 
 
-def launch_sweep(spec: SweepSpec, store_url: str, data_root: str | None = None, sweep_id: str | None = None) -> str:
-    """Start the sweep as a background process (it outlives the caller); returns the sweep id. Output goes to
-    sweep_log(sweep id)."""
+def launch_sweep(spec: SweepSpec, store_url: str, data_root: str | None = None, sweep_id: str | None = None,
+                 user: User | None = None) -> str:
+    """Start the sweep of `user` as a background process (it outlives the caller); returns the sweep id. Output
+    goes to sweep_log(sweep id). NotAllowed when sweeps are for teachers only (core.identity.check_may_sweep)."""
+    check_may_sweep(user, settings())
     spec.validate()
     sweep_id = sweep_id or new_sweep_id()
-    spawn_detached(command_line(spec, sweep_id, store_url, data_root), sweep_log(sweep_id))
+    spawn_detached(command_line(spec, sweep_id, store_url, data_root, owner_of(user)), sweep_log(sweep_id))
     return sweep_id
 
 
@@ -264,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="MNIST root holding MNIST/raw/ (default: $MNIST_ROOT)")
     p.add_argument("--runs", default=None, help="run store URL (default: $MNIST_LAB_DB, else runs/runs.db)")
     p.add_argument("--ray", default=None, help="Ray address: auto, ray://host:port, local (default: $MNIST_LAB_RAY, else local)")
+    p.add_argument("--owner", default=None, help="the user the trials belong to (what the Sweeps page passes)")
     return p
 
 
@@ -279,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec.validate()
         print(f"{sweep_id}: {spec.search} search over {_describe(spec.space)}", flush=True)
-        trials = run_sweep(spec, args.runs, args.data, args.ray, sweep_id)
+        trials = run_sweep(spec, args.runs, args.data, args.ray, sweep_id, owner=args.owner)
     except (ConfigError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
