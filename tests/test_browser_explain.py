@@ -154,5 +154,8 @@ def test_draw_saliency_confusion_cell_and_unit_outline(page):
 
     # Ideas: the progression renders without an error
     page.goto(f"{base}/Ideas")
-    settle(page, "Model1")
+    settle(page, "The shipped runs")
+    page.get_by_text("What it did in our runs").first.wait_for()
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
+    page.wait_for_timeout(1000)
     no_error_box(page, "explain-4-ideas")

@@ -38,7 +38,7 @@ def main() -> None:
         delta=f"{params['after'] - params['before']:+,}",
         delta_color="off",
     )
-    cols[2].metric("Layers added / removed", f"{len(diff['added'])} / {len(diff['removed'])}")
+    cols[2].metric("Conv layers added / removed", f"{len(diff['added'])} / {len(diff['removed'])}")
 
     st.subheader("What changed")
     left, right = st.columns(2)
