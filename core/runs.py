@@ -112,6 +112,22 @@ schema_table = sa.Table(
     metadata,
     sa.Column("version", sa.Integer, nullable=False),
 )
+# ---- schema 5: the user's own labelled digits (core.digits; issue 15) ----
+# Pictures are kept in the database, not beside the checkpoints: the same on SQLite and PostgreSQL, each
+# picture written in one transaction with its row (no orphan files), and backed up with the store.
+digits_table = sa.Table(
+    "digits",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("label", sa.Integer, nullable=False),  # the digit it is, 0-9, as the user said
+    sa.Column("picture", sa.LargeBinary, nullable=False),  # the original picture, PNG
+    sa.Column("reading", sa.LargeBinary, nullable=False),  # its 28x28 reading (core.predict), PNG
+    sa.Column("read_by", sa.String(200)),  # the model that read it when it was saved (None: imported)
+    sa.Column("read_as", sa.Integer),  # what that model read it as
+    sa.Column("created_at", sa.Float, nullable=False),  # unix seconds
+    sa.Column("owner", sa.String(200)),  # whose set it belongs to (None: no user identity)
+)
+sa.Index("digits_owner", digits_table.c.owner)
 sa.Index("runs_status", runs_table.c.status)
 sa.Index("runs_sweep", runs_table.c.sweep)
 sa.Index("runs_owner", runs_table.c.owner)  # schema 5: "my runs" in pickers, a user's cap on queued runs
@@ -712,6 +728,43 @@ class RunStore:
         return data, f"run {run_id}'s {name!r} checkpoint"
 
 
+    # ---- the own digits (schema 5, core.digits) ---------------------------------------------------
+    def add_digits(self, rows: list[dict], owner: str | None = None) -> list[int]:
+        """Labelled pictures ({"label", "picture", "reading", optional "read_by", "read_as"}), all in one
+        transaction: all are saved or none. Returns their ids."""
+        now = time.time()
+        ids = []
+        with self._tx() as c:
+            for r in rows:
+                res = c.execute(digits_table.insert().values(
+                    label=int(r["label"]), picture=r["picture"], reading=r["reading"], read_by=r.get("read_by"),
+                    read_as=r.get("read_as"), created_at=now, owner=owner))
+                ids.append(int(res.inserted_primary_key[0]))
+        return ids
+
+    def digits(self, owner: str | None = None, pictures: bool = True) -> list[dict]:
+        """The owner's labelled digits (owner None: those saved without a user), oldest first; without the
+        original pictures when `pictures` is False (a gallery shows the readings)."""
+        t = digits_table
+        cols = [col for col in t.columns if pictures or col.name != "picture"]
+        q = sa.select(*cols).where(_owned_by(t, owner)).order_by(t.c.id)
+        with self._tx(write=False) as c:
+            return [dict(r) for r in c.execute(q).mappings()]
+
+    def digit_counts(self, owner: str | None = None) -> dict[int, int]:
+        """Labelled digits per digit 0-9 (zeros included) of the owner's set."""
+        t = digits_table
+        q = sa.select(t.c.label, sa.func.count()).where(_owned_by(t, owner)).group_by(t.c.label)
+        with self._tx(write=False) as c:
+            found = dict(c.execute(q).all())
+        return {d: int(found.get(d, 0)) for d in range(10)}
+
+    def delete_digit(self, digit_id: int, owner: str | None = None) -> bool:
+        """Delete one of the owner's digits; False when the owner has no digit with that id."""
+        t = digits_table
+        with self._tx() as c:
+            return c.execute(t.delete().where(t.c.id == digit_id, _owned_by(t, owner))).rowcount == 1
+
     # ---- measuring the store (core.scalebench) ------------------------------------------------------
     @property
     def dialect(self) -> str:
@@ -776,6 +829,11 @@ def _older_queued_here(run_id: int, host: str) -> sa.Exists:
     (schema 5, issue 17: first come, first served)"""
     older = runs_table.alias("older")
     return sa.exists().where(older.c.status == "queued", older.c.host == host, older.c.id < run_id)
+
+
+def _owned_by(table: sa.Table, owner: str | None) -> sa.ColumnElement[bool]:
+    """Rows of `owner`; owner None: the rows saved without one (so one user's rows never show to another)."""
+    return table.c.owner.is_(None) if owner is None else table.c.owner == owner
 
 
 def _thinned_steps(table: sa.Table, run_id: int, at_most: int) -> sa.Select:
