@@ -9,10 +9,11 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch.nn as nn
 
-from core.config import TrainConfig
+from core.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from core.data import MNIST, load_mnist
 from core.evaluation import Evaluation, evaluate_classes
 from core.export import checkpoint_bytes, onnx_bytes
+from core.models import MODELS
 from core.reference import (
     load_reference_model, model_from_state, reference_info, reference_names, seed_recipe_info, seed_recipe_names,
 )
@@ -241,3 +242,94 @@ def saliency_picture(picture: np.ndarray, scores: np.ndarray, scale: int = 5) ->
     rgb = np.stack([grey + pos * 0.9, grey, grey + neg * 0.9], axis=-1)
     rgb = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
     return np.kron(rgb, np.ones((scale, scale, 1), np.uint8))
+
+
+# ---- The Train form in the link ---------------------------------------------------------------------------
+# A reload starts a new session (session_state is gone), so the form's values live in the URL too: the page
+# writes them as they change and starts from them. A value the form would refuse is dropped, never used.
+FORM_BOUNDS = {"epochs": (1, 100), "batch_size": (8, 2048), "seed": (0, 10_000), "lr": (1e-5, 1.0),
+               "train_limit": (0, 60_000), "test_limit": (0, 10_000)}  # the form's widgets take theirs from here
+FORM_CHOICES = {"model": tuple(MODELS), "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}
+LABEL_MAX = 200  # characters of a label a link may carry
+LINK_PARAMS = ("model", "recipe", *FORM_BOUNDS, "optimizer", "scheduler", "augment", "label")
+
+
+def parse_form_params(params: dict[str, str]) -> tuple[dict, list[str]]:
+    """The Train form's values in URL parameters, each checked as the form checks it: (values, names of the
+    parameters refused). Parameters that are not the form's (`run`) are left alone."""
+    values, refused = {}, []
+    for name in LINK_PARAMS:
+        if name in params:
+            try:
+                values[name] = _form_value(name, params[name])
+            except (ValueError, KeyError):
+                refused.append(name)
+    return values, refused
+
+
+def _form_value(name: str, text: str):
+    if name in FORM_CHOICES:
+        if text not in FORM_CHOICES[name]:
+            raise ValueError(text)
+        return text
+    if name == "recipe":  # seed | reference | run-N (the settings of run N)
+        if text in ("seed", "reference") or (text.startswith("run-") and text[4:].isdigit()):
+            return text
+        raise ValueError(text)
+    if name == "augment":
+        return {"1": True, "true": True, "0": False, "false": False}[text.lower()]
+    if name == "label":
+        if len(text) > LABEL_MAX:
+            raise ValueError("label too long")
+        return text
+    low, high = FORM_BOUNDS[name]
+    value = float(text) if name == "lr" else int(text)
+    if not low <= value <= high:  # also refuses nan
+        raise ValueError(text)
+    return value
+
+
+def form_from_link() -> tuple[dict, list[str]]:
+    """The values the Train form starts from: the link's (a reload, or a link someone shared), else those this
+    session last left the form with (back from another page); and the link's parameters that were refused.
+    A link naming run N's settings brings them back when this session has copied none."""
+    values, refused = parse_form_params(st.query_params.to_dict())
+    if not values and not refused:
+        values = dict(st.session_state.get("train-form", {}))
+    recipe_ = values.get("recipe", "")
+    if recipe_.startswith("run-") and "copied" not in st.session_state:
+        try:
+            run = store().get(int(recipe_[4:]))
+            st.session_state["copied"] = (run.id, run.config)
+        except StoreError:
+            values.pop("recipe")
+            refused.append("recipe")
+    return values, refused
+
+
+def preset_of_link(recipe_: str | None) -> str | None:
+    """The Train page's recipe choice a link's `recipe` names ("run-5" -> "run 5's")."""
+    if recipe_ and recipe_.startswith("run-"):
+        return f"run {recipe_[4:]}'s"
+    return recipe_
+
+
+def link_settings(base: TrainConfig, values: dict, model: str, preset: str) -> TrainConfig:
+    """`base` with the link's settings where they still apply: the link's variant and recipe are the form's."""
+    if values.get("model", "Model3") != model or preset_of_link(values.get("recipe", "seed")) != preset:
+        return base
+    return base.replace(**{k: v for k, v in values.items() if k in FORM_BOUNDS or k in ("optimizer", "scheduler", "augment")})
+
+
+def form_to_link(values: dict) -> None:
+    """Keep the form's values in the link (writing only what changed) and in this session. `values` as
+    parse_form_params returns them, the recipe as the page names it."""
+    values = {**values, "recipe": values["recipe"].replace("run ", "run-").removesuffix("'s")}
+    st.session_state["train-form"] = values
+    for name, value in values.items():
+        text = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        if name == "label" and not text:
+            if "label" in st.query_params:
+                del st.query_params["label"]
+        elif st.query_params.get(name) != text:
+            st.query_params[name] = text

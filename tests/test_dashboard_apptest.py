@@ -476,3 +476,78 @@ def test_inspect_offers_the_model_as_a_checkpoint_and_as_onnx(store_url):
     at.button(key="export-model3").click().run()
     assert not at.exception, at.exception
     assert len(at.get("download_button")) == 2
+
+
+# ---- the Train form survives a reload: its values live in the URL --------------------------------------------
+def train_form(params: dict[str, str]) -> AppTest:
+    """The Train page as a new session (a reload) opens it with `params` in the URL."""
+    at = AppTest.from_file(HOME, default_timeout=60)
+    for name, value in params.items():
+        at.query_params[name] = value
+    at.run()
+    at.switch_page("views/Train.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def param(at: AppTest, name: str) -> str:
+    value = at.query_params[name]
+    return value[-1] if isinstance(value, list) else value
+
+
+def test_the_train_form_comes_back_from_the_url_after_a_reload(store_url):
+    from core.config import recipe
+
+    at = train_form({})
+    at.selectbox(key="model").set_value("Tiny4k").run()
+    at.radio(key="preset").set_value("reference").run()
+    k = "Tiny4k-reference"
+    at.number_input(key=f"epochs-{k}").set_value(5).run()
+    at.number_input(key=f"lr-{k}").set_value(0.05).run()
+    at.selectbox(key=f"sched-{k}").set_value("step").run()
+    at.checkbox(key=f"aug-{k}").uncheck().run()
+    at.number_input(key="tl").set_value(2000).run()
+    at.text_input(key="label").input("my try").run()
+    link = {name: param(at, name) for name in ("model", "recipe", "epochs", "lr", "scheduler", "augment",
+                                                "train_limit", "label")}
+    assert link == {"model": "Tiny4k", "recipe": "reference", "epochs": "5", "lr": "0.05", "scheduler": "step",
+                    "augment": "0", "train_limit": "2000", "label": "my try"}
+
+    again = train_form({name: param(at, name) for name in at.query_params})  # a reload: a new session, same URL
+    assert again.selectbox(key="model").value == "Tiny4k" and again.radio(key="preset").value == "reference"
+    assert (again.number_input(key=f"epochs-{k}").value, again.number_input(key=f"lr-{k}").value,
+            again.selectbox(key=f"sched-{k}").value, again.checkbox(key=f"aug-{k}").value,
+            again.number_input(key="tl").value, again.text_input(key="label").value) == (5, 0.05, "step", False, 2000, "my try")
+    again.selectbox(key="model").set_value("Model2").run()  # another variant: its recipe's values, the counts kept
+    assert again.number_input(key="epochs-Model2-reference").value == recipe("Model2", "reference").epochs
+    assert param(again, "model") == "Model2" and param(again, "epochs") == str(recipe("Model2", "reference").epochs)
+    assert again.number_input(key="tl").value == 2000 and again.text_input(key="label").value == "my try"
+
+
+def test_a_link_with_values_the_form_refuses_opens_the_defaults_and_says_so_in_one_line(store_url):
+    at = train_form({"model": "Model99", "epochs": "abc", "lr": "5", "batch_size": "-1", "augment": "maybe",
+                     "train_limit": "1e9", "recipe": "run-77", "seed": "7", "run": "zzz"})
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="model").value == "Model3" and at.radio(key="preset").value == "seed"
+    assert at.number_input(key="epochs-Model3-seed").value == 15 and at.number_input(key="seed-Model3-seed").value == 7
+    refused = [c.value for c in at.caption if c.value.startswith("Not taken from the link")]
+    assert len(refused) == 1, refused
+    for name in ("model", "epochs", "lr", "batch_size", "augment", "train_limit", "recipe"):
+        assert name in refused[0]
+    assert param(at, "epochs") == "15" and param(at, "model") == "Model3"  # the link now says what the form shows
+    at.run()
+    assert not [c for c in at.caption if c.value.startswith("Not taken from the link")]  # said once
+
+
+def test_a_link_to_a_runs_settings_fills_the_form_with_them(store_url):
+    from core.config import TrainConfig
+    from core.runs import RunStore
+
+    store = RunStore(store_url)
+    run_id = store.create_run(TrainConfig(model="Tiny4k", epochs=3, lr=0.07, batch_size=96, train_limit=2000))
+    store.finish(run_id, "stopped")
+    at = train_form({"model": "Tiny4k", "recipe": f"run-{run_id}", "epochs": "4", "train_limit": "2000"})
+    assert at.radio(key="preset").value == f"run {run_id}'s"
+    k = f"Tiny4k-run {run_id}'s"
+    assert (at.number_input(key=f"epochs-{k}").value, at.number_input(key=f"lr-{k}").value,
+            at.number_input(key=f"bs-{k}").value) == (4, 0.07, 96)

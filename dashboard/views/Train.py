@@ -22,33 +22,45 @@ from core.worker import LOCAL_SLOTS
 
 def settings_form() -> None:
     st.subheader("New run")
-    model = st.selectbox("Variant", list(MODELS), index=list(MODELS).index("Model3"), key="model")
+    link, refused = lab.form_from_link()  # the form's values survive a reload in the URL
+    model = st.selectbox("Variant", list(MODELS), index=list(MODELS).index(link.get("model", "Model3")), key="model")
     copied = st.session_state.get("copied")  # (run id, its config) from "New run with these settings"
     presets = ["seed", "reference"] + ([f"run {copied[0]}'s"] if copied and copied[1].model == model else [])
     if st.session_state.get("preset") not in presets:
         st.session_state.pop("preset", None)
-    preset = st.radio("Recipe", presets, horizontal=True, key="preset", format_func=lambda p: RECIPE_NAMES.get(p, p),
+    linked = lab.preset_of_link(link.get("recipe"))
+    preset = st.radio("Recipe", presets, index=presets.index(linked) if linked in presets else 0, horizontal=True,
+                      key="preset", format_func=lambda p: RECIPE_NAMES.get(p, p),
                       help="the seed's recipe: plain SGD at lr 0.01 with a plateau schedule, as the seed project "
                            "trained; our tuned recipe: Nesterov SGD with a one-cycle schedule and shifts, what our "
                            "reference runs use; run N's: the settings of the run you copied")
     base = copied[1] if preset not in ("seed", "reference") else recipe(model, preset)
     k = f"{model}-{preset}"  # widgets reset to the recipe's values when the variant or recipe changes
+    start = lab.link_settings(base, link, model, preset)  # ... or to the link's, where its variant and recipe are these
+    bounds = lab.FORM_BOUNDS
     c1, c2, c3 = st.columns(3)
-    epochs = c1.number_input("Epochs", 1, 100, base.epochs, key=f"epochs-{k}")
-    batch_size = c2.number_input("Batch size", 8, 2048, base.batch_size, step=32, key=f"bs-{k}")
-    seed = c3.number_input("Seed", 0, 10_000, base.seed, key=f"seed-{k}")
-    optimizer = c1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(base.optimizer), key=f"opt-{k}")
-    lr = c2.number_input("Learning rate", 1e-5, 1.0, base.lr, format="%.4f", key=f"lr-{k}")
-    scheduler = c3.selectbox("LR schedule", SCHEDULERS, index=SCHEDULERS.index(base.scheduler), key=f"sched-{k}")
-    augment = c1.checkbox("Augment", base.augment, key=f"aug-{k}",
+    epochs = c1.number_input("Epochs", *bounds["epochs"], start.epochs, key=f"epochs-{k}")
+    batch_size = c2.number_input("Batch size", *bounds["batch_size"], start.batch_size, step=32, key=f"bs-{k}")
+    seed = c3.number_input("Seed", *bounds["seed"], start.seed, key=f"seed-{k}")
+    optimizer = c1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(start.optimizer), key=f"opt-{k}")
+    lr = c2.number_input("Learning rate", *bounds["lr"], start.lr, format="%.4f", key=f"lr-{k}")
+    scheduler = c3.selectbox("LR schedule", SCHEDULERS, index=SCHEDULERS.index(start.scheduler), key=f"sched-{k}")
+    augment = c1.checkbox("Augment", start.augment, key=f"aug-{k}",
                           help="random rotation (and the recipe's shifts/zoom) of each training batch")
     # the image counts and the label apply to any variant and recipe: kept when those change
     if copied and preset not in ("seed", "reference") and st.session_state.get("copied-applied") != copied[0]:
         st.session_state["tl"], st.session_state["vl"] = base.train_limit, base.test_limit
         st.session_state["copied-applied"] = copied[0]
-    train_limit = c2.number_input("Training images (0 = all 60,000)", 0, 60_000, step=1000, key="tl", value=None if "tl" in st.session_state else 0)
-    test_limit = c3.number_input("Test images (0 = all 10,000)", 0, 10_000, step=1000, key="vl", value=None if "vl" in st.session_state else 0)
-    label = st.text_input("Label (optional)", key="label")
+    train_limit = c2.number_input("Training images (0 = all 60,000)", *bounds["train_limit"], step=1000, key="tl",
+                                  value=None if "tl" in st.session_state else link.get("train_limit", 0))
+    test_limit = c3.number_input("Test images (0 = all 10,000)", *bounds["test_limit"], step=1000, key="vl",
+                                 value=None if "vl" in st.session_state else link.get("test_limit", 0))
+    label = st.text_input("Label (optional)", key="label", value=None if "label" in st.session_state else link.get("label", ""))
+    lab.form_to_link(dict(model=model, recipe=preset, epochs=int(epochs), batch_size=int(batch_size), seed=int(seed),
+                          optimizer=optimizer, lr=float(lr), scheduler=scheduler, augment=bool(augment),
+                          train_limit=int(train_limit or 0), test_limit=int(test_limit or 0), label=label or ""))
+    if refused:
+        st.caption(f"Not taken from the link (a value the form does not accept): {', '.join(refused)}.")
     try:
         planned = base.replace(epochs=int(epochs), batch_size=int(batch_size), train_limit=int(train_limit or 0),
                                test_limit=int(test_limit or 0))
