@@ -59,6 +59,7 @@ def home() -> None:
 
 def main() -> None:
     st.set_page_config(page_title="MNIST CNN lab", page_icon=":material/neurology:", layout="wide")
+    lab.identity_bar()  # who is signed in, when the lab runs for a class (core.identity)
     pages = [
         st.Page(home, title="Home", icon=":material/home:", default=True),
         st.Page("views/Ideas.py", title="Ideas", icon=":material/lightbulb:"),

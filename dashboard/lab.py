@@ -9,10 +9,12 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch.nn as nn
 
+from core import estimate
 from core.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from core.data import MNIST, load_mnist
 from core.evaluation import Evaluation, evaluate_classes
 from core.export import checkpoint_bytes, onnx_bytes
+from core.identity import User, settings, user_from_headers, user_named
 from core.models import MODELS
 from core.reference import (
     load_reference_model, model_from_state, reference_info, reference_names, seed_recipe_info, seed_recipe_names,
@@ -77,20 +79,82 @@ class TrainedModel:
     seed_recipe: bool = False  # a reference trained with the seed's own recipe (core/shipped/seed-recipe/)
 
 
-def trained_models() -> list[TrainedModel]:
+def trained_models(everyone: bool = True) -> list[TrainedModel]:
     """Shipped references first, then finished or stopped runs that saved a checkpoint, newest first
-    (from the newest NEWEST_RUNS runs)."""
+    (from the newest NEWEST_RUNS runs): with identity on and not `everyone`, the signed-in user's runs only."""
     s = store()
     choices = [TrainedModel(f"{n} (reference)", n, True) for n in reference_names()]
     choices += [
         TrainedModel(f"{n}, seed's recipe (reference)", n, True, seed_recipe=True) for n in seed_recipe_names(True)
     ]
     with_best = s.runs_with_checkpoint("best")
-    for run in s.list_runs(limit=NEWEST_RUNS):
+    user = current_user()
+    owner = None if everyone or user is None else user.name
+    for run in s.list_runs(limit=NEWEST_RUNS, owner=owner):
         if run.status in ("finished", "stopped") and run.id in with_best:
             acc = f", {run.best_test_acc:.2f}%" if run.best_test_acc is not None else ""
-            choices.append(TrainedModel(f"{run_label(run)}{acc}", run.model, False, run.id))
+            whose = f" ({run.owner})" if run.owner and user is not None and run.owner != user.name else ""
+            choices.append(TrainedModel(f"{run_label(run)}{whose}{acc}", run.model, False, run.id))
     return choices
+
+
+# ---- who is using the page (issue 17) -------------------------------------------------------------------
+def current_user() -> User | None:
+    """Who this request comes from: the name a trusted proxy put in its header (MNIST_LAB_TRUST_PROXY), else
+    Streamlit's own login when secrets.toml has an [auth] section, else None (identity off: a single-user lab).
+    Read from the request only, never from a widget or the URL."""
+    try:
+        config = settings()
+    except ValueError as e:
+        st.error(str(e))
+        st.stop()
+    user = user_from_headers(st.context.headers, config)
+    if user is not None:
+        return user
+    logged_in = st.user.get("is_logged_in")  # present only when st.login is configured
+    if logged_in is None:
+        return None
+    return user_named((st.user.get("email") or st.user.get("name")) if logged_in else None, config)
+
+
+def identity_bar() -> None:
+    """In the sidebar: who is signed in (and a log in/out button with Streamlit's login); nothing with identity off."""
+    user = current_user()
+    if user is None:
+        return
+    oidc = st.user.get("is_logged_in") is not None and not settings().trust_proxy
+    if user.signed_in:
+        st.sidebar.caption(f"Signed in as **{user.name}**" + (" (teacher)" if user.teacher else ""))
+        if oidc:
+            st.sidebar.button("Log out", on_click=st.logout, key="logout")
+    else:
+        st.sidebar.warning("Not signed in: you can look, not train." if not oidc else "Log in to train.")
+        if oidc:
+            st.sidebar.button("Log in", on_click=st.login, key="login")
+
+
+@st.cache_resource(ttl=3, show_spinner=False)
+def _queue(url: str, slots: int) -> list[estimate.QueueEntry]:
+    return estimate.queue(_store(url), slots)
+
+
+@st.cache_resource(ttl=60, show_spinner=False)
+def _slots() -> int:
+    return estimate.training_slots()
+
+
+def class_queue() -> list[estimate.QueueEntry]:
+    """The runs training, then those queued in the order they will start (the whole class's), with estimated
+    times over this machine's (or the Ray cluster's) training slots; one read every 3 s serves every session."""
+    return _queue(default_url(), _slots())
+
+
+def class_toggle(key: str) -> bool:
+    """With identity on, a toggle for the class's runs next to my own (off: mine and the references); True with
+    identity off (every run is mine)."""
+    if current_user() is None:
+        return True
+    return st.toggle("The class's runs too", False, key=key, help="off: your own runs and the shipped references")
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=16)
@@ -143,7 +207,7 @@ def evaluation_for(choice: TrainedModel) -> Evaluation:
 def pick_model(key: str, label: str = "Model") -> TrainedModel | None:
     """A selectbox of trained models; None (and a hint) when there is none. Draw and Inspect share the
     choice: the model picked on one is the one the other opens with (per browser session)."""
-    choices = trained_models()
+    choices = trained_models(class_toggle(f"{key}-class"))
     if not choices:
         st.info(NO_MODEL_HINT)
         return None

@@ -111,7 +111,7 @@ def main() -> None:
                    "ranks highest lowers the model's confidence faster than erasing random ink (tests/test_explain.py).")
 
     st.subheader("Every variant")
-    choices = lab.trained_models()
+    choices = lab.trained_models(st.session_state.get("draw-model-class", lab.current_user() is None))  # as the picker
     # one per variant: its reference when shipped, else its newest trained run; the user's runs can join
     per_variant = {}
     for c in choices:
