@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.config import SCHEDULERS, ConfigError
+from core.identity import NotAllowed, check_may_sweep, settings
 from core.models import MODELS
 from core.ray_exec import RayError
 from core.runs import Run, StoreError
@@ -19,6 +20,12 @@ from core.sweep import SEARCHABLE, SweepSpec, launch_sweep, new_sweep_id, search
 
 def launch_form() -> None:
     st.subheader("New sweep")
+    user = lab.current_user()  # from the request; None: identity off
+    try:
+        check_may_sweep(user, settings())
+    except NotAllowed as e:
+        st.info(f"{e}.")  # who may launch sweeps is a setting (MNIST_LAB_SWEEPS); everyone may watch them
+        return
     model = st.selectbox("Variant", list(MODELS), index=list(MODELS).index("Model3"), key="sw-model")
     c1, c2, c3 = st.columns(3)
     recipe = c1.radio("Base recipe", ["reference", "seed"], horizontal=True, key="sw-recipe")
@@ -42,8 +49,8 @@ def launch_form() -> None:
         spec = SweepSpec(model=model, recipe=recipe, search=search, samples=int(samples), space=space,
                          base={"epochs": int(epochs), "train_limit": int(train_limit), "test_limit": int(test_limit)})
         lab.mnist()  # refuse before launching a sweep that could not train
-        sweep_id = launch_sweep(spec, lab.store().url, os.environ.get("MNIST_ROOT"), new_sweep_id())
-    except (ConfigError, StoreError, RayError) as e:
+        sweep_id = launch_sweep(spec, lab.store().url, os.environ.get("MNIST_ROOT"), new_sweep_id(), user=user)
+    except (ConfigError, StoreError, RayError, NotAllowed) as e:
         st.error(str(e))
         return
     st.query_params["sweep"] = sweep_id  # a reload, or another server behind the balancer, shows the same sweep
@@ -102,7 +109,8 @@ def live(sweep_id: str) -> None:
     """The sweep's trials, re-read from the store; nothing here trains."""
     trials = lab.store().list_runs(sweep=sweep_id)
     active = any(t.active for t in trials)
-    st.subheader(f"{sweep_id}: {len(trials)} trial(s)" + (" · running" if active else ""))
+    owner = next((t.owner for t in trials if t.owner), None)
+    st.subheader(f"{sweep_id}: {len(trials)} trial(s)" + (f" · {owner}'s" if owner else "") + (" · running" if active else ""))
     if not trials:
         st.info(f"Waiting for the first trial to start (Ray starts in a few seconds). The sweep's output: {sweep_log(sweep_id)}")
         return
