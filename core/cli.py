@@ -7,11 +7,13 @@ import dataclasses
 import os
 import sys
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
-from core.config import ConfigError, TrainConfig, recipe
+from core.config import FINETUNE, FINETUNE_LR_FACTOR, ConfigError, TrainConfig, finetune_recipe, recipe
 from core.data import DataError, load_mnist
+from core.finetune import check_finetune
 from core.ray_exec import RayError, ray_address, submit_run
 from core.runs import RunStore, StoreError
 from core.train import EpochResult, fit_to_data, pick_device
@@ -26,7 +28,17 @@ FIELD_HELP = {
     "test_limit": "test on the first N images only (0 = all)",
     "device": "auto = CUDA when present, else CPU with all cores",
     "augment": "random rotation/shift/zoom of each training batch",
+    "init": "start from trained weights: reference (the variant's shipped ones) or run:N (run N's best checkpoint); "
+            "switches the defaults to the fine-tuning recipe",
+    "extra_data": "an ImageFolder DIR/<digit>/*.png|jpg (your own digits, read like a drawing) mixed into every "
+                  "training batch and augmented like MNIST",
+    "extra_share": "fraction of each training batch taken from --extra-data",
 }
+FINETUNE_HELP = (
+    "With --init (and no --recipe) the defaults are the fine-tuning recipe: the variant's reference recipe with "
+    + ", ".join(f"{k} {v}" for k, v in FINETUNE.items())
+    + f" and lr {FINETUNE_LR_FACTOR:g} x its peak lr; flags override."
+)
 
 
 def _bool(s: str) -> bool:
@@ -40,7 +52,7 @@ def _bool(s: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m core.train",
-        description="Train an MNIST variant; every run is recorded in the run store.",
+        description="Train an MNIST variant; every run is recorded in the run store. " + FINETUNE_HELP,
         epilog="Exit status: 0 finished, 1 failed, 2 bad input, 3 stopped (Ctrl-C or a stop request).",
     )
     defaults = TrainConfig()
@@ -74,8 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    if given.get("extra_data"):  # the training process starts in the project folder: keep the path it meant
+        given["extra_data"] = str(Path(given["extra_data"]).expanduser().resolve())
     if args.recipe:
         return recipe(given.pop("model", TrainConfig.model), args.recipe, **given)
+    if given.get("init"):
+        return finetune_recipe(given.pop("model", TrainConfig.model), **given)
     return TrainConfig.from_dict(given)
 
 
@@ -124,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config = config_from_args(args)
             pick_device(config.device)  # refuse before recording a run: no data, no device, a batch too big
+            extra = check_finetune(config, store)  # init weights and extra pictures readable
+            if extra:
+                print(f"note: {extra} extra pictures from {config.extra_data}, {config.extra_share:.0%} of each batch", flush=True)
             for note in fit_to_data(config, load_mnist(args.data)):
                 print(f"note: {note}", flush=True)
             run_id = store.create_run(config, label=args.label, params=config.parameter_count(), pid=os.getpid())

@@ -46,6 +46,10 @@ class TrainConfig:
     device: str = "auto"  # auto = CUDA when present, else CPU with all cores
     train_limit: int = 0  # use only the first N training images (0 = all 60,000)
     test_limit: int = 0  # use only the first N test images (0 = all 10,000)
+    # Fine-tuning (core/finetune.py). Stored configs without these fields read as the defaults (no fine-tuning).
+    init: str = ""  # first weights: "" = random, "reference" = the variant's shipped weights, "run:N" = run N's best
+    extra_data: str = ""  # an ImageFolder (DIR/<digit>/*.png|jpg) mixed into every training batch; "" = none
+    extra_share: float = 0.25  # fraction of each training batch drawn from extra_data
 
     def validate(self) -> TrainConfig:
         def need(ok: bool, msg: str) -> None:
@@ -73,6 +77,9 @@ class TrainConfig:
         need(0 <= self.translate < 0.5 and 0 <= self.scale < 0.5, "translate and scale must be in [0, 0.5)")
         need(self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}")
         need(self.train_limit >= 0 and self.test_limit >= 0, "train_limit and test_limit must be >= 0")
+        need(self.init in ("", "reference") or (self.init.startswith("run:") and self.init[4:].isdigit()),
+             f"init must be reference or run:N (N a run id, e.g. run:12), got {self.init!r}")
+        need(0 < self.extra_share < 1, f"extra_share must be in (0, 1), got {self.extra_share}")
         return self
 
     def parameter_count(self) -> int:
@@ -127,6 +134,19 @@ def recipe(model: str, name: str = "reference", **overrides) -> TrainConfig:
         raise ConfigError(f"recipe must be 'seed' or 'reference', got {name!r}")
     preset = spec.seed_recipe if name == "seed" else spec.reference_recipe
     return TrainConfig.from_dict({"model": model, **preset, **overrides})
+
+
+# With --init (fine-tuning a trained model): the variant's reference recipe, shorter, at a tenth of its peak lr,
+# warmed up and annealed by one-cycle so the first steps do not knock the trained weights about.
+FINETUNE = dict(epochs=2, scheduler="onecycle", onecycle_pct=0.3)
+FINETUNE_LR_FACTOR = 0.1
+
+
+def finetune_recipe(model: str, **overrides) -> TrainConfig:
+    """The config for fine-tuning `model` (`init` among the overrides): see FINETUNE."""
+    base = recipe(model, "reference")
+    lr = float(f"{base.lr * FINETUNE_LR_FACTOR:.3g}")  # 0.005, not 0.005000000000000001
+    return recipe(model, "reference", **{**FINETUNE, "lr": lr, **overrides})
 
 
 def parse_overrides(items: list[str]) -> dict:

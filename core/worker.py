@@ -18,8 +18,9 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 
-from core.config import ConfigError
+from core.config import ConfigError, TrainConfig
 from core.data import DataError, load_mnist
+from core.finetune import initial_weights
 from core.health import UpdateWatch, activation_stats
 from core.runs import RESUME_KEYS, Run, RunStore, StoreError
 from core.train import EpochResult, StopRequested, Trainer, TrainingDiverged
@@ -148,7 +149,8 @@ def train(
     """Train the claimed run from where it is to its last epoch; returns (final status, error message)."""
     trainer = None
     try:
-        trainer = Trainer(run.config, load_mnist(data_root))
+        resuming = store.has_checkpoint(run.id, "last")  # its weights replace any init weights
+        trainer = Trainer(run.config, load_mnist(data_root), None if resuming else initial_weights(run.config, store))
         resume(store, run, trainer, log)
         store.update(run.id, epoch=trainer.epochs_done, batch=0, batches_per_epoch=trainer.steps_per_epoch)
         progress = ProgressReporter(store, run.id, trainer, signalled, on_batch)
@@ -189,7 +191,8 @@ def resume(store: RunStore, run: Run, trainer: Trainer, log: Log) -> None:
         store.truncate_epochs(run.id, 0)
         return
     state = store.load_checkpoint(run.id, "last", RESUME_KEYS)
-    if state["config"] != run.config.to_json():
+    # Compared as parsed configs: a checkpoint written before a setting existed reads it as its default.
+    if TrainConfig.from_json(state["config"]) != run.config:
         raise StoreError(f"run {run.id}'s last checkpoint was made with another config; delete it to restart")
     trainer.load_state_dict(state)
     log(f"resuming run {run.id} after epoch {trainer.epochs_done}")

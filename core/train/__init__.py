@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from core.config import ConfigError, TrainConfig
 from core.data import MNIST, augment_batch
+from core.digits import OwnDigits
 from core.models import build_model
 
 
@@ -129,7 +130,8 @@ def keep_freed_memory_for_reuse() -> None:
 class Trainer:
     """Model, optimizer and scheduler for one config, and the epoch loop over in-memory MNIST."""
 
-    def __init__(self, config: TrainConfig, data: MNIST):
+    def __init__(self, config: TrainConfig, data: MNIST, init_weights: dict | None = None):
+        """`init_weights`: a state_dict to start from (fine-tuning, core.finetune.initial_weights), else random."""
         self.config = config.validate()
         self.device = pick_device(config.device)
         if self.device.type == "cpu":
@@ -140,7 +142,11 @@ class Trainer:
         fit_to_data(config, data)
         torch.manual_seed(config.seed)
         self.data = data.subset(config.train_limit, config.test_limit).to(self.device)
+        # Fine-tuning: own digits (an ImageFolder) take config.extra_share of every training batch.
+        self.own = OwnDigits.from_folder(config.extra_data, config.extra_share, self.device) if config.extra_data else None
         self.model = build_model(config.model, config.dropout).to(self.device, memory_format=MEMORY_FORMAT)
+        if init_weights is not None:
+            self.model.load_state_dict(init_weights)
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
                 self.model.parameters(),
@@ -199,6 +205,8 @@ class Trainer:
         for b in range(self.steps_per_epoch):
             idx = order[b * c.batch_size : (b + 1) * c.batch_size]
             x, y = d.train_x[idx], d.train_y[idx]
+            if self.own is not None:
+                x, y = self.own.mix(x, y, g)
             if c.augment:
                 x = augment_batch(x, c.rotate_deg, c.translate, c.scale, generator=g)
             x = x.contiguous(memory_format=MEMORY_FORMAT)
