@@ -2,17 +2,14 @@
 
 A class with 20 tabs on one run must not mean 20 store reads and 60 rebuilt charts a second: a run and
 its epochs are read together at most once per READ_TTL seconds for all sessions, a run's charts are built
-once per epoch (then only serialised for each session), and the refresh interval lengthens when refreshes
-get slow (a busy server).
+once per new data for all sessions (then only serialised for each), and each tab re-sends its charts every
+CHART_S seconds while the line that says where the run is refreshes every REFRESH_S.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 
 import lab
@@ -24,9 +21,8 @@ from core.runs import Run, RunStore
 STEP_POINTS = 600  # step points a live chart draws at most (the store thins longer runs)
 READ_TTL = 0.3  # seconds one read of a run serves every session (adds at most this to a new epoch's lag)
 RECONCILE_S = 5.0  # seconds between checks for runs whose training process died (marks them interrupted)
-REFRESH_S = 1.0  # seconds between refreshes of a live view on an idle server
-MAX_REFRESH_S = 5.0  # ... and at most this, however busy the server
-BUSY_FACTOR = 10.0  # refresh no more often than every BUSY_FACTOR x a recent refresh's duration
+REFRESH_S = 1.0  # seconds between refreshes of a live run's status line (progress, epochs recorded)
+CHART_S = 3.0  # seconds between refreshes of its charts (three Plotly specs per tab: the costly part to send and draw)
 
 
 @dataclass(frozen=True)
@@ -96,26 +92,7 @@ class SharedReads:
             return view
 
 
-class Pace:
-    """How long live refreshes take on this server lately (all sessions), and so how often to refresh."""
-
-    def __init__(self, samples: int = 50):
-        self._took: deque[float] = deque(maxlen=samples)
-        self._lock = threading.Lock()
-
-    def record(self, seconds: float) -> None:
-        with self._lock:
-            self._took.append(seconds)
-
-    def interval(self) -> float:
-        """REFRESH_S while refreshes are quick; longer, up to MAX_REFRESH_S, when they are slow (whole seconds)."""
-        with self._lock:
-            typical = statistics.median(self._took) if self._took else 0.0
-        return float(min(MAX_REFRESH_S, max(REFRESH_S, math.ceil(BUSY_FACTOR * typical))))
-
-
 shared = SharedReads()
-pace = Pace()
 
 
 def watch(run_id: int) -> RunView:

@@ -1,5 +1,5 @@
 """Watching a run live: the Train page reads a run and its epochs so they agree, every session shares one read
-of the store per interval, refreshes back off on a busy server, and every tab on a live run sees every epoch."""
+of the store per interval, and every tab on a live run sees every epoch."""
 
 from __future__ import annotations
 
@@ -126,23 +126,6 @@ def test_sessions_watching_a_run_share_one_read_per_interval(store):
     assert reads.view(counting, run_id).epochs == []  # still the shared read
     time.sleep(0.6)
     assert len(reads.view(counting, run_id).epochs) == 1 and reads.reads == 2 and counting.reconciles == 1
-
-
-def test_refreshes_back_off_when_they_get_slow():
-    pace = live.Pace()
-    assert pace.interval() == live.REFRESH_S
-    for _ in range(10):
-        pace.record(0.01)
-    assert pace.interval() == live.REFRESH_S
-    for _ in range(20):
-        pace.record(0.25)
-    assert pace.interval() == 3.0
-    for _ in range(50):
-        pace.record(2.0)
-    assert pace.interval() == live.MAX_REFRESH_S
-    for _ in range(50):
-        pace.record(0.01)
-    assert pace.interval() == live.REFRESH_S  # quiet again: every second
 
 
 @pytest.mark.browser
