@@ -48,3 +48,18 @@ def test_queued_runs_get_their_position_and_start_after_the_one_ahead(store):
     assert two_slots[first].starts_in == 0.0 and two_slots[second].starts_in == pytest.approx(20.0)
     assert estimate.describe(20) == "~20 s" and estimate.describe(600) == "~10 min" and estimate.describe(None) == "unknown"
     store.finish(running, "stopped")
+
+
+def test_a_queued_run_waits_for_the_slot_time_runs_here_take_beyond_their_epochs(store):
+    done = store.create_run(TrainConfig(model="Model2c", epochs=1, train_limit=6000, test_limit=1000))
+    assert store.claim(done, os.getpid())
+    store.add_epoch(done, EpochResult(1, 0.1, 97.0, 0.1, 98.0, 0.01, 10.0))
+    store.finish(done, "finished")
+    run = store.get(done)
+    store.update(done, started_at=run.ended_at - 16.0)  # 10 s of epoch, 6 s of loading and saving around it
+    assert estimate.overhead_seconds(store) == pytest.approx(6.0)
+    config = TrainConfig(model="Model2c", epochs=1, train_limit=6000, test_limit=1000)
+    first, second = store.create_run(config), store.create_run(config)
+    entries = {e.run.id: e for e in estimate.queue(store, slots=1)}
+    assert entries[first].starts_in == 0.0 and entries[first].ends_in == pytest.approx(16.0)
+    assert entries[second].starts_in == pytest.approx(16.0)
