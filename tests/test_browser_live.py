@@ -1,0 +1,149 @@
+"""End to end in Chromium: the Train form survives a reload (its values live in the URL); a run started from
+the page shows step points before its first epoch row exists; Stop, then Resume, and it runs to the end
+with every epoch recorded once. Synthetic digits sized so that an epoch takes seconds, not a blink.
+Screenshots land in test-artifacts/screenshots/live-*.png.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from core.runs import RunStore
+from tests.conftest import make_synthetic_mnist, start_streamlit
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+EPOCHS = 3
+TRAIN_IMAGES = 40_000  # synthetic digits per epoch: ~10 s for Model3 on this machine's CPU when quiet
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not installed (apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The dashboard over an empty store and synthetic MNIST; yields (base URL, the store)."""
+    folder = tmp_path_factory.mktemp("browser-live")
+    data = make_synthetic_mnist(folder / "mnist", n_train=TRAIN_IMAGES, n_test=2000)
+    url = f"sqlite:///{folder / 'runs.db'}"
+    env = {**os.environ, "MNIST_LAB_DB": url, "MNIST_ROOT": str(data)}
+    try:
+        proc, base = start_streamlit(ROOT, env, folder)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield base, RunStore(url)
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def settle(page) -> None:
+    """Wait until the script has stopped running (the status widget's running icon is gone)."""
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]')", timeout=60_000)
+    page.wait_for_timeout(500)
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"live-{name}.png"), full_page=True)
+    boxes = page.locator(ERRORS)
+    assert boxes.count() == 0, f"{name}: {boxes.first.inner_text()}"
+
+
+def step_line_points(page) -> int:
+    """Points of the per-step line in the Train page's accuracy chart (0 when it is not drawn)."""
+    return page.evaluate("""() => {
+        const chart = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+        if (!chart || !chart.data) return 0;
+        const line = chart.data.find(t => (t.name || '').includes('per step'));
+        return line ? line.x.length : 0;
+    }""")
+
+
+def progress_text(page) -> str:
+    bar = page.locator('[data-testid="stProgress"]')
+    return bar.first.inner_text() if bar.count() else ""
+
+
+def wait_until(page, what: str, check, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"waited {seconds:.0f} s for {what}; the page says {progress_text(page)!r}"
+        page.wait_for_timeout(250)
+
+
+def test_a_run_started_stopped_and_resumed_from_the_train_page(served):
+    from playwright.sync_api import sync_playwright
+
+    base, store = served
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(60_000)
+
+        # the form's values survive a reload: they live in the URL
+        page.goto(f"{base}/Train")
+        page.get_by_text("New run").wait_for()
+        settle(page)
+        for label, value in (("Epochs", str(EPOCHS)), ("Label (optional)", "watched")):
+            box = page.get_by_label(label, exact=True)
+            box.fill(value)
+            box.press("Enter")
+            settle(page)
+        wait_until(page, "the URL to carry the form", lambda: f"epochs={EPOCHS}" in page.url and "label=watched" in page.url, 30)
+        page.reload()
+        page.get_by_text("New run").wait_for()
+        settle(page)
+        assert page.get_by_label("Epochs", exact=True).input_value() == str(EPOCHS)
+        assert page.get_by_label("Label (optional)", exact=True).input_value() == "watched"
+        shot(page, "1-form-after-reload")
+
+        # start: step points show (and grow) before the first epoch's row exists
+        page.get_by_role("button", name="Start").click()
+        page.get_by_text("Run 1: Model3 · watched").wait_for()
+        run_id = store.list_runs(limit=1)[0].id
+        seen = []  # points of the per-step line, each time the page showed no epoch yet
+
+        def grown_before_first_epoch() -> bool:
+            if "0 epoch(s) recorded" in page.locator('[data-testid="stCaptionContainer"]').all_inner_texts().__str__():
+                seen.append(step_line_points(page))
+            # read after the page: no epoch row now means none when the page showed its points
+            return len(set(seen) - {0}) >= 2 and not store.epochs(run_id)
+
+        wait_until(page, "the per-step line to grow before the first epoch's row", grown_before_first_epoch, 240)
+        shot(page, "2-steps-before-first-epoch")
+
+        # Stop within the second epoch, then Resume: it continues after epoch 1 to the end
+        wait_until(page, "the first epoch", lambda: len(store.epochs(run_id)) >= 1, 240)
+        page.get_by_role("button", name="Stop").click()
+        wait_until(page, "the run to stop", lambda: store.get(run_id).status == "stopped", 120)
+        page.get_by_role("button", name="Resume").wait_for()
+        stopped_after = len(store.epochs(run_id))
+        assert stopped_after < EPOCHS, "the run ended before Stop took effect: nothing left to resume"
+        shot(page, "3-stopped")
+        page.get_by_role("button", name="Resume").click()
+        wait_until(page, "the resumed run to train", lambda: store.get(run_id).status in ("running", "finished"), 120)
+        wait_until(page, "the run to finish", lambda: store.get(run_id).status in ("finished", "failed"), 400)
+        run = store.get(run_id)
+        assert run.status == "finished", run.error
+        wait_until(page, "the page to show the end", lambda: progress_text(page).startswith("finished"), 60)
+        settle(page)
+        assert page.get_by_text(f"{EPOCHS} epoch(s) recorded").count() == 1
+        shot(page, "4-resumed-to-the-end")
+        browser.close()
+    assert [e["epoch"] for e in store.epochs(run_id)] == list(range(1, EPOCHS + 1))  # each epoch once
+    steps = [s["step"] for s in store.steps(run_id, 10_000)]
+    assert steps == sorted(set(steps)), "step points repeated or out of order after the resume"
+    print(f"stopped after {stopped_after} epoch(s); per-step line points seen before epoch 1: {sorted(set(seen))}")
