@@ -23,7 +23,7 @@ from PIL import Image
 
 from core import PROJECT_ROOT
 from core.data import MEAN, STD, DataError
-from core.predict import EmptyImageError, as_picture, decode_picture, read_picture
+from core.predict import EmptyImageError, as_picture, as_uint8_image, decode_picture, read_picture
 
 if TYPE_CHECKING:
     from core.runs import RunStore
@@ -260,7 +260,7 @@ def save_drawing(store: RunStore, image: np.ndarray, label: int, read_by: str | 
         x = read_picture(image).x
     except EmptyImageError:
         raise DigitsError("the picture is blank: draw a digit before labelling it") from None
-    picture = LabelledPicture(label, "the drawing", png_bytes(np.ascontiguousarray(image)), x)
+    picture = LabelledPicture(label, "the drawing", png_bytes(as_uint8_image(image)), x)
     return store.add_digits([picture.row(read_by, read_as)], owner)[0]
 
 

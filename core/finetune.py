@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from core.config import ConfigError, TrainConfig
+from core.config import ConfigError, TrainConfig, finetune_recipe
 from core.data import MNIST, DataError, load_mnist
-from core.digits import DigitsError, as_tensors, read_image_folder
+from core.digits import DigitsError, as_tensors, finetune_folder, read_image_folder, split_held_out, write_image_folder
 from core.runs import Run, RunStore, StoreError, load_state_bytes
 from core.train import evaluate
 
@@ -62,6 +62,27 @@ def check_finetune(config: TrainConfig, store: RunStore) -> int:
     are read once here (one clear line each). Returns the number of extra pictures (0 without extra data)."""
     initial_state(config, store)
     return len(read_image_folder(config.extra_data)) if config.extra_data else 0
+
+
+def prepare_finetune(store: RunStore, rows: list[dict], model: str, init: str, **settings) -> TrainConfig:
+    """For the page: check a fine-tune of `model` from `init` on the labelled set `rows` (RunStore.digits, with
+    pictures), then write the set to a new folder beside the store, every HELD_OUT_EVERY-th picture of each
+    digit held out, and return the run's config (extra_data: the training part). Nothing is written on refusal."""
+    train, held = split_held_out(rows)
+    if not train:
+        raise DigitsError("no digits to fine-tune on yet: label some on Draw (This is a ...) or import a zip")
+    folder = finetune_folder(store)
+    config = finetune_recipe(model, init=init, extra_data=str(folder / TRAIN), **settings)
+    initial_state(config, store)
+    write_image_folder(train, folder / TRAIN)
+    if held:
+        write_image_folder(held, folder / HELD_OUT)
+    return config
+
+
+def finetunes(runs: list[Run]) -> list[Run]:
+    """The runs a page started to fine-tune on own digits (an init, and a held-out folder beside their pictures)."""
+    return [r for r in runs if r.config.init and r.config.extra_data and Path(r.config.extra_data).name == TRAIN]
 
 
 def model_of(state: dict) -> nn.Module:

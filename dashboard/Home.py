@@ -66,6 +66,7 @@ def main() -> None:
         st.Page("views/Train.py", title="Train", icon=":material/model_training:"),
         st.Page("views/Compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("views/Draw.py", title="Draw", icon=":material/draw:"),
+        st.Page("views/Digits.py", title="My digits", icon=":material/collections:"),
         st.Page("views/Inspect.py", title="Inspect", icon=":material/search:"),
         st.Page("views/Sweeps.py", title="Sweeps", icon=":material/tune:"),
     ]

@@ -7,7 +7,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.data import DataError
+from core.digits import save_drawing
 from core.explain import saliency
+from core.identity import owner_of
 from core.inference import probabilities
 from core.predict import EmptyImageError, as_picture, decode_picture, read_picture
 from core.runs import StoreError
@@ -32,6 +35,20 @@ def read_upload(upload) -> np.ndarray | None:
     except ValueError as e:
         st.error(f"{upload.name}: {e}.")
         return None
+
+
+def label_buttons(image: np.ndarray, choice: lab.TrainedModel, read_as: int) -> None:
+    """'This is a [0-9]': the picture joins the user's labelled set (My digits), with what the model read."""
+    st.caption("Right or wrong? **This is a ...** saves the picture to **My digits**, to fine-tune a model on.")
+    for d, col in enumerate(st.columns(10)):
+        if col.button(str(d), key=f"label-{d}", help=f"This is a {d}"):
+            try:
+                saved = save_drawing(lab.store(), image, d, read_by=choice.label, read_as=read_as,
+                                     owner=owner_of(lab.current_user()))
+            except (DataError, StoreError) as e:
+                st.error(str(e))
+                return
+            st.success(f"Saved as a {d} to My digits (picture #{saved}).")
 
 
 def probability_bars(p: np.ndarray) -> go.Figure:
@@ -100,6 +117,7 @@ def main() -> None:
         c1, c2 = st.columns([1, 1])
         c1.metric("Prediction", str(best), f"{p.max() * 100:.1f}% confident", delta_color="off", delta_arrow="off")
         c2.image(np.kron(as_picture(x), np.ones((5, 5), np.uint8)), caption=f"What the model sees (28x28){cleaned}")
+        label_buttons(image, choice, best)
         st.plotly_chart(probability_bars(p), key="bars")
         s1, s2 = st.columns([1, 1])
         picture = as_picture(x)
