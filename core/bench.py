@@ -1,19 +1,21 @@
-"""Benchmark: our engine against the plain torchvision loop the seed used, on the same model and batches.
+"""Benchmark: our engine against the seed's torchvision loop and a plain PyTorch loop, same model and batches.
 
     python -m core.bench                           # speed ratio, time to 99.4%, peak memory
     python -m core.bench --batches 5 --skip-time-to-target   # a smoke test in seconds
     python -m core.bench --profile --batches 50              # where our engine's step time goes
 
-Both sides train Model3 (Dropout 0.1, batch 128, SGD lr 0.01 momentum 0.9, rotation +-7) for the same
+All sides train Model3 (Dropout 0.1, batch 128, SGD lr 0.01 momentum 0.9, rotation +-7) for the same
 number of batches. Ours goes through `Trainer` (tensors in memory, whole-batch augmentation, channels_last,
 FastDropout, FastBatchNorm2d); the seed's is DataLoader(num_workers=0) + RandomRotation + ToTensor +
 Normalize over torchvision's MNIST files, with torch's own nn.Dropout and nn.BatchNorm2d, as the seed
-wrote them.
+wrote them; the plain side is the best loop we could write with torch's own layers (`PlainTorchSide`).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import resource
 import sys
 import tempfile
@@ -30,7 +32,7 @@ from core.data import MEAN, STD, data_root, load_mnist
 from core.layers import FastBatchNorm2d, FastDropout
 from core.models import build_model
 from core.runs import RunStore
-from core.train import Trainer, pick_device
+from core.train import Trainer, keep_freed_memory_for_reuse, pick_device
 from core.worker import ProgressReporter
 
 TARGET = 99.4  # test accuracy (%) for the time-to-target measurement
@@ -101,6 +103,51 @@ class SeedLoopSide:
             self.optimizer.step()
 
 
+def rotate_batch(x: torch.Tensor, degrees: float, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation (+-degrees) of a whole batch in one affine_grid/grid_sample, background filled."""
+    angle = (torch.rand(x.shape[0], generator=generator) * 2 - 1).mul_(math.radians(degrees)).to(x.device)
+    cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    background = (0.0 - MEAN) / STD
+    return F.grid_sample(x - background, grid, align_corners=False) + background
+
+
+class PlainTorchSide:
+    """The strongest plain-PyTorch loop we could write without our layers: MNIST as normalised tensors in
+    memory, one batched rotation per batch, the seed's model with torch's nn.Dropout and nn.BatchNorm2d,
+    channels_last (measured faster than NCHW for it, see the README), and the process settings any loop can
+    make (threads = the cores it may use, the allocator told to keep freed activations). Same model, batch,
+    dropout and SGD."""
+
+    def __init__(self, chunk: int, data_dir: str | None, device: str = "auto",
+                 memory_format: torch.memory_format = torch.channels_last):
+        keep_freed_memory_for_reuse()
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        torch.manual_seed(1)
+        self.device = pick_device(device)
+        data = load_mnist(data_dir)
+        self.x, self.y = data.train_x.to(self.device), data.train_y.to(self.device)
+        self.model = seed_model().to(self.device, memory_format=memory_format).train()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.memory_format = memory_format
+        self.generator = torch.Generator().manual_seed(1)
+        self.order = torch.randperm(len(self.y), generator=self.generator).to(self.device)
+        self.chunk, self.at = chunk, 0
+
+    def run(self) -> None:
+        for _ in range(self.chunk):
+            if self.at + 128 > len(self.order):
+                self.order, self.at = torch.randperm(len(self.y), generator=self.generator).to(self.device), 0
+            idx = self.order[self.at : self.at + 128]
+            self.at += 128
+            x = rotate_batch(self.x[idx], 7.0, self.generator).contiguous(memory_format=self.memory_format)
+            loss = F.cross_entropy(self.model(x), self.y[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+
+
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()  # a GPU round is timed to the end of its last kernel
@@ -108,7 +155,12 @@ def _sync() -> None:
 
 def _side_process(kind: str, chunk: int, data_dir: str | None, device: str, conn) -> None:
     """Child process holding one side: warms up, then times one round per "run" message."""
-    side = SeedLoopSide(chunk, data_dir, device) if kind == "seed" else EngineSide(chunk, data_dir, device, kind == "recording")
+    if kind == "seed":
+        side = SeedLoopSide(chunk, data_dir, device)
+    elif kind in ("plain", "plain-nchw"):
+        side = PlainTorchSide(chunk, data_dir, device, torch.contiguous_format if kind == "plain-nchw" else torch.channels_last)
+    else:
+        side = EngineSide(chunk, data_dir, device, kind == "recording")
     side.run()  # warm-up: allocator, first-call costs
     _sync()
     conn.send("ready")
@@ -212,12 +264,14 @@ def main(argv: list[str] | None = None) -> int:
 
     where = torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     print(f"Model3, batch 128, {args.batches} timed batches each side, {where}", flush=True)
-    speed, peaks = images_per_second(args.batches, args.rounds, args.data, args.device, ("seed", "ours", "recording"))
+    speed, peaks = images_per_second(args.batches, args.rounds, args.data, args.device, ("seed", "plain", "ours", "recording"))
     print(f"seed loop (DataLoader + transforms):     {speed['seed']:8.0f} images/s")
+    print(f"plain PyTorch (tensors, torch's layers): {speed['plain']:8.0f} images/s")
     print(f"our engine (Trainer):                    {speed['ours']:8.0f} images/s")
     print(f"our engine, recording steps to a store:  {speed['recording']:8.0f} images/s "
           f"({100 * (speed['recording'] / speed['ours'] - 1):+.1f}% images/s against the engine without it)")
-    print(f"ratio {speed['ours'] / speed['seed']:.2f}x (our engine / seed loop)", flush=True)
+    print(f"ratio {speed['ours'] / speed['seed']:.2f}x (our engine / seed loop)")
+    print(f"ratio {speed['ours'] / speed['plain']:.2f}x (our engine / plain PyTorch)", flush=True)
 
     if not args.skip_time_to_target:
         config = recipe("Model3", "reference", device=args.device)

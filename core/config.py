@@ -50,6 +50,10 @@ class TrainConfig:
     init: str = ""  # first weights: "" = random, "reference" = the variant's shipped weights, "run:N" = run N's best
     extra_data: str = ""  # an ImageFolder (DIR/<digit>/*.png|jpg) mixed into every training batch; "" = none
     extra_share: float = 0.25  # fraction of each training batch drawn from extra_data
+    # Distillation (issue 16). Stored configs without these fields read as the defaults (no distillation).
+    distill_from: str = ""  # a variant whose shipped weights (core/shipped/<variant>.pt) teach this run (distillation); "" = none
+    distill_weight: float = 0.5  # share of the loss given to matching the teacher's softened outputs
+    distill_temp: float = 4.0  # softmax temperature of the distillation term
 
     def validate(self) -> TrainConfig:
         def need(ok: bool, msg: str) -> None:
@@ -80,6 +84,8 @@ class TrainConfig:
         need(self.init in ("", "reference") or (self.init.startswith("run:") and self.init[4:].isdigit()),
              f"init must be reference or run:N (N a run id, e.g. run:12), got {self.init!r}")
         need(0 < self.extra_share < 1, f"extra_share must be in (0, 1), got {self.extra_share}")
+        need(self.distill_from == "" or self.distill_from in MODELS, f"distill_from must be a variant ({', '.join(MODELS)}) or empty, got {self.distill_from!r}")
+        need(0 <= self.distill_weight <= 1 and self.distill_temp > 0, "distill_weight must be in [0, 1] and distill_temp > 0")
         return self
 
     def parameter_count(self) -> int:

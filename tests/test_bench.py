@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
+from core.bench import PlainTorchSide, profile_engine, rotate_batch, seed_model
 from core.bench import main as bench_main
-from core.bench import profile_engine, seed_model
 from core.layers import FastBatchNorm2d, FastDropout
 
 
@@ -19,9 +20,22 @@ def test_seed_model_uses_torchs_own_dropout_and_batch_norm():
 def test_bench_prints_a_ratio_line(synthetic_root, capsys):
     assert bench_main(["--batches", "2", "--rounds", "2", "--skip-time-to-target", "--data", str(synthetic_root)]) == 0
     out = capsys.readouterr().out
-    ratio = [line for line in out.splitlines() if "ratio" in line]
-    assert len(ratio) == 1 and ratio[0].split()[1].endswith("x")
-    assert "images/s" in out and "peak memory" in out
+    ratio = [line for line in out.splitlines() if line.startswith("ratio")]
+    assert [r.split("(")[1] for r in ratio] == ["our engine / seed loop)", "our engine / plain PyTorch)"]
+    assert all(r.split()[1].endswith("x") and float(r.split()[1][:-1]) > 0 for r in ratio)
+    assert "plain PyTorch (tensors, torch's layers)" in out and "peak memory" in out
+
+
+def test_plain_side_trains_the_seed_model_with_torchs_layers_on_batched_rotations(synthetic_root):
+    side = PlainTorchSide(2, str(synthetic_root), "cpu")
+    assert not any(isinstance(m, (FastDropout, FastBatchNorm2d)) for m in side.model.modules())
+    before = [p.detach().clone() for p in side.model.parameters()]
+    side.run()
+    assert all(not torch.equal(b, p) for b, p in zip(before, side.model.parameters(), strict=True))
+    x = side.x[:4]
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose(rotate_batch(x, 0.0, g), x, atol=1e-5)  # 0 degrees: the images as they were
+    assert not torch.allclose(rotate_batch(x, 30.0, g), x, atol=1e-3)
 
 
 def test_bench_profile_names_the_ops(synthetic_root, capsys):

@@ -101,3 +101,51 @@ def test_config_diff_lists_only_the_settings_that_differ():
     lr = next(r for r in rows if r["setting"] == "lr")
     assert (lr["seed"], lr["tuned"], lr["tiny"]) == (0.01, 0.05, 0.1)
     assert config_diff({"a": TrainConfig(), "b": TrainConfig()}) == []
+
+
+def test_tiny4kd_is_tiny4k_taught_by_the_shipped_model3():
+    from core.config import recipe
+
+    assert count_parameters(build_model("Tiny4kD")) == count_parameters(build_model("Tiny4k")) < 5_000
+    config = recipe("Tiny4kD")
+    assert (config.distill_from, config.distill_weight, config.distill_temp) == ("Model3", 0.5, 4.0)
+    assert recipe("Tiny4k").distill_from == ""
+
+
+def test_distillation_loss_is_zero_only_where_the_student_matches_the_teacher():
+    from core.train import distillation_loss
+
+    teacher = torch.randn(8, 10)
+    assert distillation_loss(teacher.clone(), teacher, 4.0).abs().item() < 1e-6
+    student = torch.randn(8, 10, requires_grad=True)
+    loss = distillation_loss(student, teacher, 4.0)
+    # KL(p_teacher || p_student) at temperature T, times T^2, against a direct computation
+    p, q = torch.softmax(teacher / 4, 1), torch.log_softmax(student / 4, 1)
+    assert torch.allclose(loss, (p * (p.log() - q)).sum(1).mean() * 16, atol=1e-6)
+    loss.backward()  # the gradient pulls the student's softened outputs toward the teacher's
+    assert torch.allclose(student.grad, (torch.softmax(student / 4, 1) - p).detach() * 4 / 8, atol=1e-6)
+
+
+def test_a_distilled_run_learns_from_the_teacher_and_leaves_it_as_shipped(synthetic_root):
+    from core.config import recipe
+    from core.data import load_mnist
+    from core.reference import load_reference_model
+    from core.train import Trainer
+
+    data = load_mnist(synthetic_root)
+
+    def trained(**changes):
+        trainer = Trainer(recipe("Tiny4kD", train_limit=256, test_limit=64, epochs=1, **changes), data)
+        next(trainer.epochs())
+        return trainer
+
+    taught, plain_run = trained(), trained(distill_weight=0.0)
+    shipped = load_reference_model("Model3").state_dict()
+    assert not taught.teacher.training
+    assert all(torch.equal(v, shipped[k]) for k, v in taught.teacher.state_dict().items())
+    # Weight 0 is the plain recipe step for step; weight 0.5 moves the student elsewhere.
+    untaught = Trainer(recipe("Tiny4k", train_limit=256, test_limit=64, epochs=1), data)
+    next(untaught.epochs())
+    params = lambda t: torch.cat([p.detach().flatten() for p in t.model.parameters()])  # noqa: E731
+    assert torch.equal(params(plain_run), params(untaught))
+    assert not torch.allclose(params(taught), params(untaught), atol=1e-4)

@@ -77,10 +77,23 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, label_smoothing: float):
-    """One SGD step on one batch; returns (summed loss, correct count) as tensors, to avoid a sync per batch."""
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temp: float) -> torch.Tensor:
+    """Hinton's soft-target loss: KL(teacher || student) of the outputs softened by `temp`, times temp^2
+    so that its gradients keep their scale as the temperature changes."""
+    student = F.log_softmax(logits / temp, dim=1)
+    return F.kl_div(student, F.log_softmax(teacher_logits / temp, dim=1), log_target=True, reduction="batchmean") * temp**2
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, label_smoothing: float,
+               teacher: nn.Module | None = None, distill_weight: float = 0.0, distill_temp: float = 1.0):
+    """One SGD step on one batch; returns (summed loss, correct count) as tensors, to avoid a sync per batch.
+    With a teacher (eval mode), the loss mixes in `distillation_loss` on the same augmented batch."""
     logits = model(x)
     loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        loss = (1 - distill_weight) * loss + distill_weight * distillation_loss(logits, teacher_logits, distill_temp)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -147,6 +160,7 @@ class Trainer:
         self.model = build_model(config.model, config.dropout).to(self.device, memory_format=MEMORY_FORMAT)
         if init_weights is not None:
             self.model.load_state_dict(init_weights)
+        self.teacher = self._load_teacher(config.distill_from) if config.distill_from else None
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
                 self.model.parameters(),
@@ -163,6 +177,13 @@ class Trainer:
         self._running = (torch.zeros(()), torch.zeros((), dtype=torch.long), 0, 0)
         self._window_start = (0.0, 0, 0)
         self.best_test_acc = 0.0
+
+    def _load_teacher(self, name: str) -> nn.Module:
+        """The shipped weights of variant `name`, frozen, in eval mode (distillation)."""
+        from core.reference import load_reference_model  # core.reference imports the worker, which imports this module
+
+        teacher = load_reference_model(name).to(self.device, memory_format=MEMORY_FORMAT)
+        return teacher.requires_grad_(False)
 
     def _make_scheduler(self):
         c = self.config
@@ -210,7 +231,9 @@ class Trainer:
             if c.augment:
                 x = augment_batch(x, c.rotate_deg, c.translate, c.scale, generator=g)
             x = x.contiguous(memory_format=MEMORY_FORMAT)
-            batch_loss, batch_correct = train_step(self.model, self.optimizer, x, y, c.label_smoothing)
+            batch_loss, batch_correct = train_step(
+                self.model, self.optimizer, x, y, c.label_smoothing, self.teacher, c.distill_weight, c.distill_temp
+            )
             loss_sum += batch_loss
             correct += batch_correct
             self._running = (loss_sum, correct, (b + 1) * c.batch_size if b + 1 < self.steps_per_epoch else len(d.train_y), epoch)
