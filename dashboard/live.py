@@ -8,6 +8,7 @@ CHART_S seconds while the line that says where the run is refreshes every REFRES
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -121,13 +122,27 @@ def _chart(title: str, y_title: str, view: RunView, step_key: str, epoch_key: st
         fig.add_scatter(x=[r["epoch"] for r in view.epochs], y=[r[epoch_key] for r in view.epochs],
                         mode="lines+markers", name=epoch_key.replace("_", " "),
                         line=dict(color="#e45756"))
-    last = max(view.run.config.epochs, 1)
+    shown = epochs_shown(view)
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=y_title, height=320,
                       margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
-    fig.update_xaxes(range=[0, last], tickmode="linear", tick0=0, dtick=max(1, -(-last // 8)))
+    fig.update_xaxes(range=[0, shown], tickmode="linear", tick0=0, dtick=max(1, -(-shown // 5)))
     if log_y:
-        fig.update_yaxes(type="log", exponentformat="power")
+        # padded, so that a constant lr is not drawn on the plot's edge
+        ys = [y for trace in fig.data for x, y in zip(trace.x, trace.y, strict=True) if x <= shown and y and y > 0]
+        lo, hi = (math.log10(min(ys)), math.log10(max(ys))) if ys else (-3.0, -1.0)
+        pad = max(0.05, 0.1 * (hi - lo))
+        fig.update_yaxes(type="log", exponentformat="power", range=[lo - pad, hi + pad])
     return fig
+
+
+def epochs_shown(view: RunView) -> int:
+    """How many epochs the charts' axis spans: all of them once the run has ended; while it trains, the epochs
+    reached and one more (at least two), so that the first seconds' points fill the chart, not a sliver of it."""
+    last = max(view.run.config.epochs, 1)
+    if not view.run.active:
+        return last
+    reached = max(len(view.epochs), view.steps[-1]["epoch"] if view.steps else 0.0)
+    return min(last, max(2, math.ceil(reached) + 1))
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -144,7 +159,7 @@ def training_charts(view: RunView, ghost: tuple[str, list[dict]] | None = None) 
     (label, per-epoch rows) or None), built once per run, data and ghost for all sessions (the figures are
     shared: draw them, do not change them)."""
     last_step = view.steps[-1]["step"] if view.steps else 0
-    fingerprint = (view.run.id, len(view.steps), last_step, ghost[0] if ghost else None,
+    fingerprint = (view.run.id, view.run.active, len(view.steps), last_step, ghost[0] if ghost else None,
                    tuple((r["epoch"], r["test_acc"], r["train_loss"]) for r in view.epochs))
     return _charts(fingerprint, view, ghost)
 

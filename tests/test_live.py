@@ -164,3 +164,25 @@ def test_every_tab_on_a_live_run_sees_every_epoch(store, tmp_path):
         server.terminate()
         server.wait(timeout=10)
     assert seen == [[0, 1, 2, 3]] * 4, f"epochs shown per tab: {seen}; progress lines: {shown}"
+
+
+def test_a_training_runs_charts_span_the_epochs_reached_and_one_more(store):
+    """In the first seconds the step points fill the charts (0-2 epochs), not a sliver of a 15-epoch axis;
+    an ended run's charts span all its epochs."""
+    from core.train import StepPoint
+
+    run_id = store.create_run(TrainConfig(model="Model2", epochs=15))
+    assert store.claim(run_id, os.getpid())
+    store.record_progress(run_id, 30, 469, StepPoint(30, 30 / 469, 1.5, 60.0, 0.01))
+    view = live.read_run(store, run_id)
+    assert live.epochs_shown(view) == 2
+    acc, _, lr = live.training_charts(view)
+    assert acc.layout.xaxis.range == (0, 2)
+    low, high = lr.layout.yaxis.range  # a constant lr sits inside the plot, not on its edge
+    assert low < -2 < high
+    for n in range(1, 5):
+        store.add_epoch(run_id, epoch(n, 95.0 + n / 10))
+    store.record_progress(run_id, 200, 469, StepPoint(4 * 469 + 200, 4 + 200 / 469, 0.1, 98.0, 0.01))
+    assert live.epochs_shown(live.read_run(store, run_id)) == 6
+    store.finish(run_id, "stopped")
+    assert live.epochs_shown(live.read_run(store, run_id)) == 15
