@@ -24,6 +24,7 @@ def test_bench_prints_a_ratio_line(synthetic_root, capsys):
     assert [r.split("(")[1] for r in ratio] == ["our engine / seed loop)", "our engine / plain PyTorch)"]
     assert all(r.split()[1].endswith("x") and float(r.split()[1][:-1]) > 0 for r in ratio)
     assert "plain PyTorch (tensors, torch's layers)" in out and "peak memory" in out
+    assert "CPU time per batch" in out
 
 
 def test_plain_side_trains_the_seed_model_with_torchs_layers_on_batched_rotations(synthetic_root):
