@@ -194,6 +194,6 @@ def health_charts(store: RunStore, run_id: int) -> tuple[go.Figure | None, go.Fi
             total = sum(h["counts"]) or 1
             hist.add_scatter(x=centres, y=[c / total for c in h["counts"]], mode="lines", name=a["block"])
         hist.update_layout(title=f"Activation histograms per block (epoch {epoch})", xaxis_title="activation",
-                           yaxis=dict(type="log", title="share of units"), height=300,
+                           yaxis=dict(type="log", title="share of units", exponentformat="power"), height=300,
                            margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
     return ratio, dead, hist

@@ -86,21 +86,20 @@ def main() -> int:
                 page.wait_for_timeout(1000)
             page.get_by_text("Layer health").click()
             page.locator('[data-testid="stPlotlyChart"]').nth(5).wait_for()  # three training charts, three of health
+            page.set_viewport_size({"width": 1500, "height": 2300})  # the page scrolls inside: a taller window shows it all
             page.wait_for_timeout(4000)  # a chart refresh (live.CHART_S) with the health charts drawn
             shot(page, "train-health")
 
             page.goto(f"{base}/Compare")
             page.get_by_text("Summary").wait_for()
             settle(page)
+            keep = {f"Remove run {run_id}: Model3 full MNIST", "Remove Model3 (reference)"}  # the run and its reference
             picker = page.locator('[data-testid="stMultiSelect"]')
-            while picker.locator('[data-baseweb="tag"]').count():  # the default choice out, one chip at a time
-                picker.locator("input").press("Backspace")
+            while others := [b for b in picker.get_by_role("button").all()
+                             if (b.get_attribute("aria-label") or "").startswith("Remove ")
+                             and b.get_attribute("aria-label") not in keep]:
+                others[0].click()
                 settle(page)
-            for option in (f"run {run_id}: Model3 full MNIST", "Model3 (reference)"):
-                picker.locator("input").fill(option)
-                page.get_by_role("option", name=option, exact=True).click()
-                settle(page)
-            page.keyboard.press("Escape")
             page.get_by_text("What differs between their settings").wait_for()
             settle(page)
             shot(page, "compare-diff")

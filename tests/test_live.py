@@ -186,3 +186,16 @@ def test_a_training_runs_charts_span_the_epochs_reached_and_one_more(store):
     assert live.epochs_shown(live.read_run(store, run_id)) == 6
     store.finish(run_id, "stopped")
     assert live.epochs_shown(live.read_run(store, run_id)) == 15
+
+
+def test_a_run_that_just_started_shows_the_reference_it_races_before_its_first_point(store):
+    import json
+
+    run_id = store.create_run(TrainConfig(model="Model3", epochs=15))
+    assert store.claim(run_id, os.getpid())  # the training process is loading MNIST: no step point yet
+    at = train_page(run_id)
+    assert not at.exception, at.exception
+    assert any(c.value.startswith("The first points come") for c in at.caption)
+    acc = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    assert acc and all(t["name"].startswith("reference") for t in acc)
+    store.finish(run_id, "stopped")

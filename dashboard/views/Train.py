@@ -165,8 +165,11 @@ def live_charts(run_id: int) -> None:
     except StoreError:
         return  # live_run says so
     run, rows = view.run, view.epochs
-    if rows or view.steps:
-        ghost = reference_for(run.config) if st.session_state.get("ghost", True) else None
+    reference = reference_for(run.config)
+    if rows or view.steps or reference:  # the reference from the first second: what this run is measured against
+        if run.active and not view.steps:
+            st.caption("The first points come a few seconds after the training process starts (it loads MNIST first).")
+        ghost = reference if st.session_state.get("ghost", True) else None
         acc, loss, lr = live.training_charts(view, (ghost[0], ghost[1]["epochs"]) if ghost else None)
         c1, c2, c3 = st.columns(3)
         c1.plotly_chart(acc, key="acc")
