@@ -141,8 +141,6 @@ TUNED = dict(
 )
 # Tiny4k: Model3's recipe at batch 128 and peak lr 0.1, without dropout (README, the Tiny4k notes).
 TUNED_TINY = dict(TUNED, lr=0.1, batch_size=128, dropout=0.0)
-# Tiny4kD: Tiny4k's recipe, half of the loss from matching the shipped Model3's outputs softened at T=4.
-TUNED_TINY_KD = dict(TUNED_TINY, distill_from="Model3", distill_weight=0.5, distill_temp=4.0)
 
 # The one registry: pages, CLI, benchmarks and tests read it.
 MODELS: dict[str, ModelSpec] = {
@@ -156,7 +154,6 @@ MODELS: dict[str, ModelSpec] = {
         # at epoch 12, which we take as the best test figure.
         ModelSpec("Model3", Model3, "GAP net + Dropout 0.1 + LR scheduler", SeedFigures(5920, 99.35, 99.27), SEED_MODEL3, TUNED),
         ModelSpec("Tiny4k", Tiny4k, "Ours: Model3's plan thinned to <5k params", None, SEED_MODEL3, TUNED_TINY),
-        ModelSpec("Tiny4kD", Tiny4k, "Ours: Tiny4k taught by the shipped Model3 (distillation)", None, SEED_MODEL3, TUNED_TINY_KD),
     ]
 }
 
