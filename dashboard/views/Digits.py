@@ -9,7 +9,7 @@ import lab
 import pandas as pd
 import streamlit as st
 
-from core.config import ConfigError
+from core.config import ConfigError, TrainConfig
 from core.data import DataError
 from core.digits import HELD_OUT_EVERY, MAX_ZIP_BYTES, export_zip, import_zip
 from core.finetune import before_after, finetunes, prepare_finetune
@@ -69,7 +69,7 @@ def finetune_form(rows: list[dict], user) -> None:
     epochs = c2.number_input("Epochs", 1, 20, 2, key="ft-epochs")
     train_limit = c3.number_input("MNIST training images mixed with yours (0 = all 60,000)", 0, 60_000, 20_000,
                                   step=1000, key="ft-tl")
-    st.caption(f"Your digits make a quarter of every batch, turned and shifted like MNIST's; every {HELD_OUT_EVERY}th "
+    st.caption(f"Your digits make {TrainConfig().extra_share:.0%} of every batch, turned and shifted like MNIST's; every {HELD_OUT_EVERY}th "
                "picture of each digit is held out to measure the difference. The run queues and trains like any "
                "other (watch it on Train).")
     if not st.button("Fine-tune on my digits", type="primary", key="ft-start", disabled=not rows):
