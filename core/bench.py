@@ -3,6 +3,7 @@
     python -m core.bench                           # speed ratio, time to 99.4%, peak memory
     python -m core.bench --batches 5 --skip-time-to-target   # a smoke test in seconds
     python -m core.bench --profile --batches 50              # where our engine's step time goes
+    taskset -c 0 python -m core.bench --parts                # CPU time per part of a step, and per convolution
 
 All sides train Model3 (Dropout 0.1, batch 128, SGD lr 0.01 momentum 0.9, rotation +-7) for the same
 number of batches. Ours goes through `Trainer` (tensors in memory, whole-batch augmentation, channels_last,
@@ -28,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.config import TrainConfig, recipe
-from core.data import MEAN, STD, data_root, load_mnist
+from core.data import MEAN, STD, augment_batch, data_root, load_mnist
 from core.layers import FastBatchNorm2d, FastDropout
 from core.models import build_model
 from core.runs import RunStore
@@ -233,6 +234,65 @@ def profile_engine(batches: int, data_dir: str | None, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=45)
 
 
+def step_parts(data_dir: str | None, steps: int = 20) -> dict[str, list[float]]:
+    """CPU time (ms, median over `steps` batches, this thread) of augmentation, forward, backward and the SGD
+    step, for our engine ("ours") and the plain loop ("plain"); meant for one thread (taskset -c 0)."""
+    engine, plain = EngineSide(steps, data_dir, "cpu"), PlainTorchSide(steps, data_dir, "cpu")
+    data, g = engine.trainer.data, torch.Generator().manual_seed(0)
+    sides = {
+        "ours": (engine.trainer.model, engine.trainer.optimizer, lambda x: augment_batch(x, 7.0, generator=g)),
+        "plain": (plain.model, plain.optimizer, lambda x: rotate_batch(x, 7.0, g)),
+    }
+    parts = {}
+    for name, (model, optimizer, augment) in sides.items():
+        rows = []
+        for _ in range(steps + 3):  # the first three are warm-up
+            idx = torch.randint(0, len(data.train_y), (128,), generator=g)
+            t = [time.thread_time()]
+            x = augment(data.train_x[idx]).contiguous(memory_format=torch.channels_last)
+            t.append(time.thread_time())
+            loss = F.cross_entropy(model(x), data.train_y[idx])
+            t.append(time.thread_time())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t.append(time.thread_time())
+            optimizer.step()
+            t.append(time.thread_time())
+            rows.append([1000 * (b - a) for a, b in zip(t, t[1:], strict=False)])
+        parts[name] = [sorted(col)[len(col) // 2] for col in zip(*rows[3:], strict=True)]
+    return parts
+
+
+def conv_costs(repeats: int = 12) -> list[tuple[str, float, float]]:
+    """Per convolution of Model3 at batch 128, channels_last: (shapes, forward ms, forward + backward ms),
+    the best CPU time (this thread) of `repeats` calls of the layer alone."""
+    model = build_model("Model3").to(memory_format=torch.channels_last)
+    shapes = {}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, (i[0].shape, o.shape))) for m in convs]
+    model(torch.zeros(128, 1, 28, 28).contiguous(memory_format=torch.channels_last))
+    for h in hooks:
+        h.remove()
+
+    def best(conv: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor | None) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            out = conv(x)
+            if grad is not None:
+                out.backward(grad)
+            times.append(1000 * (time.thread_time() - t0))
+        return min(times)
+
+    rows = []
+    for conv in convs:
+        shape_in, shape_out = shapes[conv]
+        x = torch.randn(shape_in).contiguous(memory_format=torch.channels_last).requires_grad_(shape_in[1] > 1)
+        grad = torch.randn(shape_out).contiguous(memory_format=torch.channels_last)
+        rows.append((f"{tuple(shape_in)} -> {tuple(shape_out)}", best(conv, x, None), best(conv, x, grad)))
+    return rows
+
+
 def time_to_target(config: TrainConfig, data_dir: str | None) -> tuple[float | None, int | None, float]:
     """(seconds from start to the first epoch at >= TARGET test accuracy, that epoch, best accuracy)."""
     t0 = time.perf_counter()
@@ -261,12 +321,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where both sides train (auto: CUDA when present)")
     p.add_argument("--skip-time-to-target", action="store_true", help="only the speed ratio and memory")
     p.add_argument("--profile", action="store_true", help="only profile our engine over --batches batches (where the time goes)")
+    p.add_argument("--parts", action="store_true",
+                   help="only the CPU time of each part of a step (ours and plain) and of each convolution; run it at one thread")
     args = p.parse_args(argv)
     if args.batches < 1 or args.rounds < 1:
         p.error("--batches and --rounds must be >= 1")
     if args.profile:
         print(f"Model3, batch 128, {args.batches} batches of our engine, {torch.get_num_threads()} threads", flush=True)
         print(profile_engine(args.batches, args.data))
+        return 0
+
+    if args.parts:
+        print(f"CPU time per part of a step (ms, median of 20, {torch.get_num_threads()} threads): augment, forward, backward, SGD")
+        for name, ms in step_parts(args.data).items():
+            print(f"  {name:5}  " + "  ".join(f"{v:5.1f}" for v in ms) + f"   total {sum(ms):.1f}")
+        print("Model3's convolutions alone, batch 128, channels_last (ms, best CPU time of 12): forward, forward + backward")
+        rows = conv_costs()
+        for shapes, forward, both in rows:
+            print(f"  {shapes:42} {forward:6.2f} {both:6.2f}")
+        print(f"  all convolutions: forward + backward {sum(r[2] for r in rows):.1f} ms")
         return 0
 
     where = torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"

@@ -45,3 +45,13 @@ def test_bench_profile_names_the_ops(synthetic_root, capsys):
     assert "Self CPU" in out and "convolution" in out  # the top rows: convolutions are ~40% of a step
     # Our batch norm is in the profile; on a loaded machine it can fall out of the printed top 15 rows.
     assert "_ChannelsLastBatchNorm" in profile_engine(2, str(synthetic_root), rows=200)
+
+
+def test_bench_parts_times_each_part_of_a_step_and_each_convolution(synthetic_root, capsys):
+    assert bench_main(["--parts", "--data", str(synthetic_root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    ours, plain = (next(line.split() for line in out if line.split()[:1] == [name]) for name in ("ours", "plain"))
+    for row in (ours, plain):  # name, four parts, "total", their sum
+        assert abs(sum(map(float, row[1:5])) - float(row[6])) < 0.3 and all(float(v) >= 0 for v in row[1:5])
+    convs = [line for line in out if "->" in line]
+    assert len(convs) == 8 and convs[1].split("->")[0].strip() == "(128, 8, 26, 26)"
