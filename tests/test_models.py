@@ -141,3 +141,14 @@ def test_a_distilled_run_learns_from_the_teacher_and_leaves_it_as_shipped(synthe
     params = lambda t: torch.cat([p.detach().flatten() for p in t.model.parameters()])  # noqa: E731
     assert torch.equal(params(plain_run), params(untaught))
     assert not torch.allclose(params(taught), params(untaught), atol=1e-4)
+
+
+def test_padding_keeps_parameters_and_receptive_fields_and_grows_the_last_map():
+    from core.models import SmallNet
+
+    plain, padded = SmallNet(), SmallNet(pad=(0, 0, 0, 1, 1, 0, 0))
+    assert count_parameters(plain) == count_parameters(padded)
+    rows = {r.name: r for r in receptive_field_table(padded)}
+    assert [r.rf for r in receptive_field_table(padded) if r.kind == "conv"] == [
+        r.rf for r in receptive_field_table(plain) if r.kind == "conv"]
+    assert rows["convblock7"].out_shape == (12, 8, 8)  # 12 -> 12 -> 12 -> 10 -> 8 instead of 10 -> 8 -> 6 -> 4
