@@ -43,8 +43,16 @@ def test_training_step_matches_torch(shape, shift):
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
     for a, b in zip(grads[0], grads[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3 * b.abs().max().item())
+    # Running statistics against torch's kernel in float64: torch's own float32 kernel drifts from it by
+    # ~1.2e-5 (relative) on the 128x12x24x24 case when it runs on one thread, ours stays within 1e-5.
+    exact = nn.BatchNorm2d(shape[1]).double()
+    exact.load_state_dict(theirs.state_dict() | {"running_mean": torch.zeros(shape[1]), "running_var": torch.ones(shape[1]),
+                                                  "num_batches_tracked": torch.tensor(0)})
+    for _ in range(3):
+        exact(x.double())
     for name in ("running_mean", "running_var", "num_batches_tracked"):
-        torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(getattr(ours, name), getattr(exact, name).to(getattr(ours, name).dtype), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=3e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("offset", [100.0, 1000.0])
