@@ -97,7 +97,7 @@ def test_draw_label_import_gallery_fine_tune_before_after(server, page):
         page.mouse.move(x0 + 190 - 2 * i, y0 + 60 + 6 * i)
     page.mouse.up()
     settle(page, "This is a")
-    page.get_by_role("button", name="7", exact=True).click()
+    page.locator('[data-testid="stButtonGroup"] button', has_text="7").click()
     settle(page, "Saved as a 7 to My digits")
     no_error_box(page, "digits-1-draw-labelled")
 
@@ -132,7 +132,8 @@ def test_draw_label_import_gallery_fine_tune_before_after(server, page):
     print(f"fine-tune and before/after in {time.monotonic() - t0:.0f} s")
     settle(page, "after: run 1's best")
     no_error_box(page, "digits-4-page-after-fine-tune")
-    page.get_by_text("Before and after").scroll_into_view_if_needed()
+    page.locator('[data-testid="stTable"]').scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
     page.screenshot(path=str(SHOTS / "digits-5-before-after.png"))
     assert page.get_by_text("held-out own digits (2)").count() >= 1  # every 4th of four 1s and five 7s
 

@@ -39,16 +39,25 @@ def read_upload(upload) -> np.ndarray | None:
 
 def label_buttons(image: np.ndarray, choice: lab.TrainedModel, read_as: int) -> None:
     """'This is a [0-9]': the picture joins the user's labelled set (My digits), with what the model read."""
-    st.caption("Right or wrong? **This is a ...** saves the picture to **My digits**, to fine-tune a model on.")
-    for d, col in enumerate(st.columns(10)):
-        if col.button(str(d), key=f"label-{d}", help=f"This is a {d}"):
-            try:
-                saved = save_drawing(lab.store(), image, d, read_by=choice.label, read_as=read_as,
-                                     owner=owner_of(lab.current_user()))
-            except (DataError, StoreError) as e:
-                st.error(str(e))
-                return
-            st.success(f"Saved as a {d} to My digits (picture #{saved}).")
+
+    def save() -> None:
+        d = st.session_state.get("label-digit")
+        st.session_state["label-digit"] = None  # a fresh row of digits for the next picture
+        if d is None:
+            return
+        try:
+            saved = save_drawing(lab.store(), image, d, read_by=choice.label, read_as=read_as,
+                                 owner=owner_of(lab.current_user()))
+            st.session_state["label-saved"] = f"Saved as a {d} to My digits (picture #{saved})."
+        except (DataError, StoreError) as e:
+            st.session_state["label-error"] = str(e)
+
+    st.pills("Right or wrong? **This is a ...** (saves the picture to **My digits**, to fine-tune a model on)",
+             list(range(10)), key="label-digit", on_change=save)
+    if "label-saved" in st.session_state:
+        st.success(st.session_state.pop("label-saved"))
+    if "label-error" in st.session_state:
+        st.error(st.session_state.pop("label-error"))
 
 
 def probability_bars(p: np.ndarray) -> go.Figure:
