@@ -18,12 +18,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-import torch
 
 from core import PROJECT_ROOT
-from core.config import TrainConfig
+
+if TYPE_CHECKING:  # imported where used: a process waiting in the queue (core.slotwait) needs neither torch
+    from core.config import TrainConfig  # nor the models (~0.5 GB), only the runs' status
 
 STATUSES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 ACTIVE = ("queued", "running")
@@ -521,11 +523,19 @@ class RunStore:
         with self._tx(write=False) as c:
             return c.execute(q).scalar_one()
 
-    def owners(self) -> list[str]:
-        """Everyone who has runs in the store, by name."""
-        q = sa.select(runs_table.c.owner).where(runs_table.c.owner.is_not(None)).distinct().order_by(runs_table.c.owner)
+    def waiting_state(self, run_id: int) -> tuple[str, bool]:
+        """(status, stop requested) of a run, without reading its config (core.slotwait imports no models)."""
         with self._tx(write=False) as c:
-            return [r[0] for r in c.execute(q)]
+            row = c.execute(sa.select(runs_table.c.status, runs_table.c.stop_requested)
+                            .where(runs_table.c.id == run_id)).first()
+        if row is None:
+            raise StoreError(f"no run {run_id} in {self.safe_url}")
+        return row.status, bool(row.stop_requested)
+
+    def first_in_line(self, run_id: int) -> bool:
+        """No run older than this one is queued on this host: it is next for a training slot here."""
+        with self._tx(write=False) as c:
+            return not c.execute(sa.select(_older_queued_here(run_id, socket.gethostname()))).scalar()
 
     # ---- epochs -----------------------------------------------------------------------------
     def add_epoch(self, run_id: int, result) -> None:
@@ -660,6 +670,8 @@ class RunStore:
 
     def save_checkpoint(self, run_id: int, name: str, state: dict) -> None:
         """Write atomically: a reader sees the old checkpoint or the new one, never half of one."""
+        import torch
+
         buf = io.BytesIO()
         torch.save(state, buf)
         data = buf.getvalue()
@@ -782,6 +794,8 @@ class RunStore:
 
     def insert_finished_runs(self, n: int, epochs: int, label: str, rows_per_batch: int = 1000) -> None:
         """n finished runs of `epochs` epochs each, in bulk (for measuring queries at scale; no checkpoints)."""
+        from core.config import TrainConfig
+
         cfg = TrainConfig().to_json()
         now = time.time()
         with self._tx() as c:
@@ -849,6 +863,8 @@ def _thinned_steps(table: sa.Table, run_id: int, at_most: int) -> sa.Select:
 def load_state_bytes(data: bytes, where: str, keys: tuple[str, ...] = ()) -> dict:
     """torch.load with weights_only=True, turning a corrupt file, or a torch file that is no checkpoint of
     this lab (not a dict, or without `keys`), into one clear StoreError."""
+    import torch
+
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
@@ -873,6 +889,8 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def _run(row) -> Run:
+    from core.config import TrainConfig
+
     d = dict(row)
     d["config"] = TrainConfig.from_dict(json.loads(d["config"]))
     d["stop_requested"] = bool(d["stop_requested"])
