@@ -1,7 +1,8 @@
 """Start a stored run as its own training process, so nothing trains inside the caller (the dashboard).
 
-Locally the process is `python -m core.train --run-id N`; it queues itself when the machine's training slot
-is taken (core.worker.wait_for_slot), writes its progress to the store, and watches its stop flag.
+Locally the process waits for its turn without PyTorch (`python -m core.slotwait`), then becomes
+`python -m core.train --run-id N`, which takes the machine's training slot when it is free
+(core.worker.wait_for_slot), writes its progress to the store, and watches its stop flag.
 With a Ray address ($MNIST_LAB_RAY) the run goes to the Ray cluster instead (core.ray_exec).
 
 Starting, stopping, resuming and deleting take the acting user (core.identity.User; None = identity off, all
@@ -95,10 +96,10 @@ def launch(store: RunStore, run_id: int, config: TrainConfig, data_root: str | N
             store.finish(run_id, "failed", str(e))
             raise
         return
-    cmd = [sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", store.url, "--quiet", "--if-queued"]
+    cmd = [sys.executable, "-m", "core.slotwait", "--run-id", str(run_id), "--runs", store.url]
     if data_root:
         cmd += ["--data", str(data_root)]
-    proc = spawn_detached(cmd, log_path(store, run_id))
+    proc = spawn_detached(cmd, log_path(store, run_id))  # the same pid trains the run when its turn comes
     store.update(run_id, pid=proc.pid)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +181,28 @@ def test_only_teachers_launch_sweeps_when_so_set(monkeypatch, store_url):
     monkeypatch.setenv("MNIST_LAB_TEACHERS", "tess")
     with pytest.raises(NotAllowed, match="only a teacher may launch sweeps"):
         launch_sweep(SweepSpec(), store_url, user=BOB)
+
+
+def test_a_queued_run_waits_without_torch_and_the_same_process_trains_it(store_url, synthetic_root):
+    store = RunStore(store_url)
+    ahead = store.create_run(TINY, owner="alice", pid=os.getpid())  # older, queued on this host: it goes first
+    run_id = start_run(store, TINY, data_root=str(synthetic_root), user=BOB)
+    pid = store.get(run_id).pid
+    deadline = time.monotonic() + 60
+    while "VmRSS" not in _proc_status(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3.0)  # long enough to have imported whatever it imports
+    rss_mb = int(next(line for line in _proc_status(pid).splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+    assert "core.slotwait" in Path(f"/proc/{pid}/cmdline").read_bytes().decode().replace("\0", " ")
+    assert rss_mb < 200, f"a waiting run holds {rss_mb:.0f} MB (a training process with torch: ~550 MB)"
+    assert store.get(run_id).status == "queued"
+    store.finish(ahead, "stopped")  # its turn: the waiter becomes the training process
+    assert wait_ended(store, run_id) == "finished"
+    assert store.get(run_id).pid == pid  # the same process trained it
+
+
+def _proc_status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return ""
