@@ -64,14 +64,20 @@ def remaining_seconds(store: RunStore, run: Run) -> float | None:
 
 def overhead_seconds(store: RunStore, recent: int = 20) -> float:
     """Seconds a run holds its training slot beyond its epochs (loading MNIST, building the model, the last
-    writes): the median over this store's newest finished runs, 0 when there are none. A short run's slot time
-    is mostly this (tests/load_class.py measures how far the estimated starts were from the real ones)."""
-    gaps = []
-    for run in store.list_runs(status="finished", limit=recent):
-        if run.started_at and run.ended_at:
-            spent = sum(r["seconds"] or 0.0 for r in store.epochs(run.id))
-            gaps.append(max(0.0, run.ended_at - run.started_at - spent))
-    return statistics.median(gaps) if gaps else 0.0
+    writes), and, when the next run was already waiting, the time the slot then stood idle (the next run's
+    process still importing PyTorch): the median over this store's newest finished runs, 0 when there are none.
+    A short run's slot time is mostly this (tests/load_class.py measures how far estimated starts were off)."""
+    runs = sorted((r for r in store.list_runs(status="finished", limit=recent) if r.started_at and r.ended_at),
+                  key=lambda r: r.started_at)
+    held = []
+    for i, run in enumerate(runs):
+        following = runs[i + 1] if i + 1 < len(runs) else None
+        spent = sum(r["seconds"] or 0.0 for r in store.epochs(run.id))
+        extra = max(0.0, run.ended_at - run.started_at - spent)
+        if following is not None and following.created_at < run.ended_at <= following.started_at:
+            extra += following.started_at - run.ended_at  # it was waiting: the slot idled until it claimed it
+        held.append(extra)
+    return statistics.median(held) if held else 0.0
 
 
 def queue(store: RunStore, slots: int = 1) -> list[QueueEntry]:

@@ -63,3 +63,16 @@ def test_a_queued_run_waits_for_the_slot_time_runs_here_take_beyond_their_epochs
     entries = {e.run.id: e for e in estimate.queue(store, slots=1)}
     assert entries[first].starts_in == 0.0 and entries[first].ends_in == pytest.approx(16.0)
     assert entries[second].starts_in == pytest.approx(16.0)
+
+
+def test_the_slot_time_counts_the_idle_gap_before_a_waiting_run_claimed_it(store):
+    config = TrainConfig(model="Model2c", epochs=1, train_limit=6000, test_limit=1000)
+    first, second = store.create_run(config), store.create_run(config)  # the second waits for the first
+    for run_id in (first, second):
+        assert store.claim(run_id, os.getpid())
+        store.add_epoch(run_id, EpochResult(1, 0.1, 97.0, 0.1, 98.0, 0.01, 10.0))
+        store.finish(run_id, "finished")
+    t0 = store.get(first).started_at
+    store.update(first, started_at=t0, ended_at=t0 + 16.0)  # 6 s beyond its epoch
+    store.update(second, started_at=t0 + 20.0, ended_at=t0 + 36.0)  # claimed 4 s after the slot came free
+    assert estimate.overhead_seconds(store) == pytest.approx((6.0 + 4.0 + 6.0) / 2)
