@@ -11,12 +11,12 @@ import streamlit as st
 from core import estimate
 from core.config import OPTIMIZERS, SCHEDULERS, ConfigError, recipe
 from core.data import DataError
+from core.identity import NotAllowed, may_change
 from core.launch import never_started, resume_run, start_run, stop_run
 from core.models import MODELS
 from core.ray_exec import RayError
 from core.reference import reference_for
 from core.runs import StoreError
-from core.worker import LOCAL_SLOTS
 
 
 def settings_form() -> None:
@@ -68,7 +68,8 @@ def settings_form() -> None:
                    " (from this variant's recorded epochs here, else its shipped run), plus any wait in the queue.")
     except ConfigError:
         pass
-    if not st.button("Start", type="primary", key="start"):
+    user = lab.current_user()  # from the request (a trusted proxy's header, or st.login); None: identity off
+    if not st.button("Start", type="primary", key="start", disabled=user is not None and not user.signed_in):
         return
     try:
         lab.mnist()  # refuse before recording a run that could not train
@@ -77,8 +78,8 @@ def settings_form() -> None:
             lr=float(lr), scheduler=scheduler, augment=augment, train_limit=int(train_limit or 0),
             test_limit=int(test_limit or 0),
         ).validate()
-        run_id = start_run(lab.store(), config, data_root=os.environ.get("MNIST_ROOT"), label=label)
-    except (ConfigError, DataError, StoreError, RayError) as e:
+        run_id = start_run(lab.store(), config, data_root=os.environ.get("MNIST_ROOT"), label=label, user=user)
+    except (ConfigError, DataError, StoreError, RayError, NotAllowed) as e:
         st.error(str(e))
         return
     lab.remember_my_run(run_id)
@@ -97,7 +98,8 @@ def copy_settings(run) -> None:
 
 
 def chosen_run_id() -> int | None:
-    """The run in the URL, else the one this page showed last, else the newest active run, else the newest run."""
+    """The run in the URL, else the one this page showed last, else the newest active run, else the newest run
+    (with identity on: of the user's own runs)."""
     wanted = st.query_params.get("run")
     if wanted and wanted.isdigit():
         return int(wanted)
@@ -105,8 +107,10 @@ def chosen_run_id() -> int | None:
         return st.session_state["train-run"]
     store = lab.store()
     live.shared.reconcile(store)  # a run whose process died is not "running" any more
-    active = store.list_runs(status="running", limit=1) or store.list_runs(status="queued", limit=1)
-    newest = active or store.list_runs(limit=1)
+    user = lab.current_user()
+    mine = None if user is None else user.name
+    active = store.list_runs(status="running", limit=1, owner=mine) or store.list_runs(status="queued", limit=1, owner=mine)
+    newest = active or store.list_runs(limit=1, owner=mine)
     return newest[0].id if newest else None
 
 
@@ -119,7 +123,9 @@ def live_run(run_id: int, every: float | None) -> None:
         st.error(str(e))
         return
     run = view.run
-    st.subheader(f"Run {run.id}: {run.model}" + (f" · {run.label}" if run.label else ""))
+    user = lab.current_user()
+    st.subheader(f"Run {run.id}: {run.model}" + (f" · {run.label}" if run.label else "")
+                 + (f" · {run.owner}'s" if user is not None and run.owner else ""))
     done = f"epoch {run.epoch}/{run.config.epochs}"
     if run.active and run.batches_per_epoch:
         done += f", batch {run.batch}/{run.batches_per_epoch}"
@@ -127,22 +133,31 @@ def live_run(run_id: int, every: float | None) -> None:
     if never_started(run):
         st.error("The training process ended before it started; its output is in the run's train.log.")
     elif run.status == "queued":
-        st.info("Queued: another run is using this machine's training slot. It starts as soon as that one ends.")
+        place = estimate.entry_of(lab.class_queue(), run.id)
+        when = (f" #{place.position} in the queue; starts in {estimate.describe(place.starts_in)} (about "
+                f"{estimate.clock(place.starts_in)})") if place and place.position else ""
+        st.info(f"Queued{when}: the training slots are taken. It starts as soon as one comes free.")
     elif run.status in ("failed", "interrupted"):
         st.error(f"The run {run.status}: {run.error}")
     elif run.status == "stopped":
         st.warning("Stopped on request; the finished epochs and checkpoints are kept.")
     b1, b2 = st.columns(2)
+    mine = may_change(user, run.owner)  # Stop and Resume only for its owner or a teacher; core checks again
     if run.active and not never_started(run):
         if run.stop_requested:
             b1.caption("Stopping after the current batch...")
+        elif not mine:
+            b1.caption(f"Only {run.owner or 'a teacher'}{' or a teacher' if run.owner else ''} can stop this run.")
         elif b1.button("Stop", key=f"stop-{run.id}"):
-            stop_run(lab.store(), run.id)
-    elif run.status in ("stopped", "interrupted", "failed") and run.epoch < run.config.epochs:
+            try:
+                stop_run(lab.store(), run.id, user)
+            except NotAllowed as e:
+                st.error(str(e))
+    elif run.status in ("stopped", "interrupted", "failed") and run.epoch < run.config.epochs and mine:
         if b1.button("Resume", key=f"resume-{run.id}", help="continue from its last checkpoint, same run id"):
             try:
-                resume_run(lab.store(), run.id, data_root=os.environ.get("MNIST_ROOT"))
-            except (StoreError, RayError) as e:
+                resume_run(lab.store(), run.id, data_root=os.environ.get("MNIST_ROOT"), user=user)
+            except (StoreError, RayError, NotAllowed) as e:
                 st.error(str(e))
             else:
                 lab.remember_my_run(run.id)
@@ -193,16 +208,22 @@ def live_charts(run_id: int) -> None:
 
 def active_runs(current: int | None) -> None:
     """The runs training or queued on this machine, with queue position and estimated times; picking one
-    shows it (and puts it in the URL)."""
-    entries = estimate.queue(lab.store(), LOCAL_SLOTS)
+    shows it (and puts it in the URL). With identity on: the user's own, unless the class's are asked for
+    (positions are always in the whole class's queue)."""
+    entries = lab.class_queue()
+    user = lab.current_user()
+    if user is not None and not lab.class_toggle("queue-class"):
+        entries = estimate.owned_by(entries, user.name)
     if not entries:
         return
 
     def describe(e: estimate.QueueEntry) -> str:
-        head = f"run {e.run.id}: {e.run.model}" + (f" {e.run.label}" if e.run.label else "")
+        head = (f"run {e.run.id}: {e.run.model}" + (f" {e.run.label}" if e.run.label else "")
+                + (f" · {e.run.owner}" if user is not None and e.run.owner else ""))
         if e.position is None:
             return f"{head} · training · ends in {estimate.describe(e.ends_in)}"
-        return f"{head} · queued #{e.position} · starts in {estimate.describe(e.starts_in)}"
+        return (f"{head} · queued #{e.position} · starts in {estimate.describe(e.starts_in)} "
+                f"(~{estimate.clock(e.starts_in)})")
 
     labels = {e.run.id: describe(e) for e in entries}
     ids = list(labels)
