@@ -17,7 +17,12 @@ from core.export import checkpoint_bytes, onnx_bytes
 from core.identity import User, settings, user_from_headers, user_named
 from core.models import MODELS
 from core.reference import (
-    load_reference_model, model_from_state, reference_info, reference_names, seed_recipe_info, seed_recipe_names,
+    load_reference_model,
+    model_from_state,
+    reference_info,
+    reference_names,
+    seed_recipe_info,
+    seed_recipe_names,
 )
 from core.runs import Run, RunStore, StoreError, default_url
 
