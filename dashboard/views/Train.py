@@ -248,7 +248,8 @@ def main() -> None:
     with left:
         settings_form()
     with right:
-        active_runs(run_id)
+        # the queue's places and times move while runs train: redrawn on the charts' timer while it has runs
+        st.fragment(active_runs, run_every=live.CHART_S if lab.class_queue() else None)(run_id)
         if run_id is None:
             st.info("No run yet: choose a variant and press Start.")
             return
