@@ -25,19 +25,28 @@ def images(config: TrainConfig) -> int:
     return train + test // 5
 
 
+SCALE_RANGE = 4.0  # a run with up to this many times more or fewer images is a fair yardstick: scaled linearly
+
+
 def epoch_seconds(store: RunStore, config: TrainConfig) -> float | None:
     """Seconds an epoch of `config` should take here: from the newest run of the same variant in this store
-    that recorded epochs (its mean epoch time, scaled by images), else from the shipped reference run
-    (trained on one core); None when neither exists."""
+    that recorded epochs with a comparable number of images (its mean epoch time, scaled by images), else from
+    the shipped reference run (trained on one core), else from any run of the variant here; None when neither
+    exists. A tiny run's epoch is mostly fixed costs: scaled up 100x it would promise hours for a full epoch."""
+    far = None
     for run in store.list_runs(search=config.model, limit=50):
         if run.model == config.model and run.epoch > 0:
             rows = store.epochs(run.id)
             seconds = [r["seconds"] for r in rows if r["seconds"]]
             if seconds:
-                return sum(seconds) / len(seconds) * images(config) / images(run.config)
+                ratio = images(config) / images(run.config)
+                scaled = sum(seconds) / len(seconds) * ratio
+                if 1 / SCALE_RANGE <= ratio <= SCALE_RANGE:
+                    return scaled
+                far = scaled if far is None else far
     shipped = reference_for(config)
     if shipped is None:
-        return None
+        return far
     info = shipped[1]
     ref = TrainConfig.from_dict(info["config"])
     return info["wall_seconds"] / max(1, len(info["epochs"])) * images(config) / images(ref)

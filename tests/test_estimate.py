@@ -32,6 +32,18 @@ def test_epoch_time_comes_from_this_machines_runs_scaled_by_images(store):
     assert shipped is not None and shipped > 0
 
 
+def test_a_tiny_runs_pace_does_not_set_a_full_runs_estimate(store):
+    """A 300-image epoch of 3 s is mostly fixed costs: scaled to 60,000 images it promised ~10 minutes an epoch
+    (hours for a run); the shipped run of the variant is the fairer yardstick, and a tiny run still sets a tiny
+    run's pace."""
+    finished_run(store, TrainConfig(model="Model3", epochs=1, train_limit=300, test_limit=100), 3.0)
+    full = estimate.epoch_seconds(store, TrainConfig(model="Model3"))
+    shipped = estimate.epoch_seconds(RunStore(str(store.where) + ".empty.db"), TrainConfig(model="Model3"))
+    assert full == pytest.approx(shipped) and full < 3.0 * 60_000 / 300 / 4
+    assert estimate.epoch_seconds(store, TrainConfig(model="Model3", train_limit=600, test_limit=100)) == \
+        pytest.approx(3.0 * 620 / 320)
+
+
 def test_queued_runs_get_their_position_and_start_after_the_one_ahead(store):
     finished_run(store, TrainConfig(model="Model2c", epochs=1, train_limit=6000, test_limit=1000), 10.0)
     config = TrainConfig(model="Model2c", epochs=4, train_limit=6000, test_limit=1000)
