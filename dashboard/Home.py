@@ -40,7 +40,9 @@ def home() -> None:
         st.caption("No reference runs shipped yet: `python -m core.reference` trains one per variant.")
 
     st.subheader("Training now")
-    active = store.list_runs(status="running") + store.list_runs(status="queued")
+    user = lab.current_user()  # with identity on: my runs unless the class's are asked for
+    owner = None if lab.class_toggle("home-class") else user.name
+    active = store.list_runs(status="running", owner=owner) + store.list_runs(status="queued", owner=owner)
     if not active:
         st.write("Nothing is training.")
     for run in active:

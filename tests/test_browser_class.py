@@ -266,9 +266,27 @@ def test_a_class_on_one_server(lab, browser):
     bob.keyboard.press("Escape")
     bob.screenshot(path=str(SHOTS / "class-bob-draw-picker.png"), full_page=True)
     bob.get_by_text("The class's runs too").click()
+    bob.wait_for_timeout(1500)  # the toggle reruns the page; the picker's options come with it
     picker.click()
     assert any(f"run {finished}: Model3" in o and "(alice)" in o for o in bob.get_by_role("option").all_inner_texts())
     bob.keyboard.press("Escape")
+
+    # Compare lists bob's runs and the references; alice's run only with the class's toggle
+    bob.goto(f"{base}/Compare")
+    bob.get_by_text("Summary").wait_for()
+
+    def compare_options() -> list[str]:
+        bob.get_by_role("combobox", name="Runs").click()
+        bob.get_by_role("option").first.wait_for()
+        shown = bob.get_by_role("option").all_inner_texts()
+        bob.keyboard.press("Escape")
+        return shown
+
+    assert not any(f"run {finished}:" in o for o in compare_options())
+    assert bob.get_by_text(f"run {finished}: Model3").count() == 0
+    bob.get_by_text("The class's runs too").click()
+    bob.wait_for_timeout(1500)
+    assert any(f"run {finished}: Model3" in o for o in compare_options())
 
     # the teacher stops alice's run
     tess = person(browser, proxy, "tess")
