@@ -305,6 +305,10 @@ class RunStore:
         elif version < SCHEMA_VERSION:
             c.execute(schema_table.update().values(version=SCHEMA_VERSION))
 
+    def close(self) -> None:
+        """Close this store's pooled connections (before a process replaces itself, e.g. core.slotwait's exec)."""
+        self.engine.dispose()
+
     @property
     def safe_url(self) -> str:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as e:  # the store went away, or the run was deleted while it waited
         print(f"error: {e}", file=sys.stderr)
         return 2
-    store.engine.dispose()  # the training process opens its own connections
+    store.close()  # the training process opens its own connections
     cmd = training_command(args.run_id, args.runs, args.data)
     os.execv(cmd[0], cmd)  # the same process (pid) becomes the training process
 

@@ -83,14 +83,14 @@ def test_init_switches_to_the_fine_tuning_recipe_and_bad_values_are_refused():
         small(extra_share=1.5)
 
 
-def test_cli_fine_tunes_a_run_on_own_digits_and_reports_before_after(synthetic_root, tmp_path):
+def test_cli_fine_tunes_a_run_on_own_digits_and_reports_before_after(synthetic_root, tmp_path, monkeypatch):
     db = str(tmp_path / "runs.db")
     common = ["--train-limit", "256", "--test-limit", "64", "--batch-size", "64", "--device", "cpu", "--quiet",
               "--data", str(synthetic_root), "--runs", db]
     base = cli("-m", "core.train", "--model", "Model1", "--epochs", "2", "--lr", "0.05", *common)  # learns the bars
     assert base.returncode == 0, base.stderr
     mine = own_folder(tmp_path / "mine")
-    os.chdir(tmp_path)  # a relative --extra-data is kept as the folder it meant
+    monkeypatch.chdir(tmp_path)  # a relative --extra-data is kept as the folder it meant
     ft = cli("-m", "core.train", "--model", "Model1", "--init", "run:1", "--extra-data", str(mine), "--epochs", "1", *common)
     assert ft.returncode == 0, ft.stderr
     assert "note: 6 extra pictures" in ft.stdout
