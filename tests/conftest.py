@@ -149,3 +149,40 @@ def dot(img: np.ndarray, y: int, x: int, r: int = 9) -> np.ndarray:
     yy, xx = np.ogrid[: img.shape[0], : img.shape[1]]
     img[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = 255
     return img
+
+
+# ---- the browser tests' shared pieces (Debian's Chromium, driven by Playwright) ----------------------------
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]
+
+
+def launch_chromium(playwright):
+    """Debian's Chromium with the flags every browser test uses."""
+    return playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+
+
+def stop_server(proc) -> None:
+    """End a server started by start_streamlit: terminate, and kill it if it has not gone within 10 s."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def draw_seven(page) -> None:
+    """Draw a 7 with the mouse on the Draw page's canvas (its bar, then its leg)."""
+    canvas = page.locator("canvas").last
+    canvas.wait_for()
+    page.wait_for_timeout(1000)
+    box = canvas.bounding_box()
+    x0, y0 = box["x"], box["y"]
+    page.mouse.move(x0 + 90, y0 + 60)
+    page.mouse.down()
+    for i in range(1, 21):
+        page.mouse.move(x0 + 90 + 5 * i, y0 + 60)
+    for i in range(1, 31):
+        page.mouse.move(x0 + 190 - 2 * i, y0 + 60 + 6 * i)
+    page.mouse.up()

@@ -8,14 +8,13 @@ test-artifacts/screenshots/ (the path is printed).
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import start_streamlit
+from tests.conftest import draw_seven, launch_chromium, start_streamlit, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,11 +36,7 @@ def server(tmp_path_factory):
     except RuntimeError as e:
         pytest.fail(str(e))
     yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +46,7 @@ def page(server):
     SHOTS.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {SHOTS}")
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
+        browser = launch_chromium(p)
         pg = browser.new_page(viewport={"width": 1400, "height": 1100})
         pg.set_default_timeout(60_000)
         yield pg
@@ -123,18 +115,7 @@ def test_every_page_train_live_and_draw_a_digit(server, page):
     # Draw: a '1' and a '7'-ish stroke with the mouse; a prediction appears
     page.goto(f"{server}/Draw")
     settle(page, "Brush size")
-    canvas = page.locator("canvas").last
-    canvas.wait_for()
-    page.wait_for_timeout(1000)
-    box = canvas.bounding_box()
-    x0, y0 = box["x"], box["y"]
-    page.mouse.move(x0 + 90, y0 + 60)
-    page.mouse.down()
-    for i in range(1, 21):  # the bar of a 7
-        page.mouse.move(x0 + 90 + 5 * i, y0 + 60)
-    for i in range(1, 31):  # its leg
-        page.mouse.move(x0 + 190 - 2 * i, y0 + 60 + 6 * i)
-    page.mouse.up()
+    draw_seven(page)
     page.locator('[data-testid="stMetricValue"]').first.wait_for()
     settle(page, "Prediction")
     digit = page.locator('[data-testid="stMetricValue"]').first.inner_text().strip()

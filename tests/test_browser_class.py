@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
 import threading
 import time
 import urllib.error
@@ -28,13 +27,12 @@ import pytest
 from core.config import TrainConfig
 from core.runs import RunStore
 from core.worker import execute_run
-from tests.conftest import make_synthetic_mnist, start_streamlit
+from tests.conftest import launch_chromium, make_synthetic_mnist, start_streamlit, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 HEADER = "X-Forwarded-User"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = [
     pytest.mark.browser,
@@ -135,11 +133,7 @@ def lab(tmp_path_factory):
     for run in store.list_runs():  # the page-started runs' waiting processes end with their runs
         if run.active:
             store.request_stop(run.id)
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +142,7 @@ def browser():
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 

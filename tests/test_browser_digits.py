@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import time
 import zipfile
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import start_streamlit
+from tests.conftest import draw_seven, launch_chromium, start_streamlit, stop_server
 from tests.test_browser import CHROMIUM, ERRORS, ROOT, SHOTS, settle
 
 pytestmark = [
@@ -34,11 +33,7 @@ def server(tmp_path_factory):
     except RuntimeError as e:
         pytest.fail(str(e))
     yield base, folder
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +42,7 @@ def page(server):
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
+        browser = launch_chromium(p)
         pg = browser.new_page(viewport={"width": 1400, "height": 1100})
         pg.set_default_timeout(60_000)
         yield pg
@@ -84,18 +76,7 @@ def test_draw_label_import_gallery_fine_tune_before_after(server, page):
     # Draw a 7 and label it
     page.goto(f"{base}/Draw")
     settle(page, "Brush size")
-    canvas = page.locator("canvas").last
-    canvas.wait_for()
-    page.wait_for_timeout(1000)
-    box = canvas.bounding_box()
-    x0, y0 = box["x"], box["y"]
-    page.mouse.move(x0 + 90, y0 + 60)
-    page.mouse.down()
-    for i in range(1, 21):
-        page.mouse.move(x0 + 90 + 5 * i, y0 + 60)
-    for i in range(1, 31):
-        page.mouse.move(x0 + 190 - 2 * i, y0 + 60 + 6 * i)
-    page.mouse.up()
+    draw_seven(page)
     settle(page, "This is a")
     page.locator('[data-testid="stButtonGroup"] button', has_text="7").click()
     settle(page, "Saved as a 7 to My digits")

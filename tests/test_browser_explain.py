@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 
 import pytest
 
-from tests.conftest import start_streamlit
+from tests.conftest import draw_seven, launch_chromium, start_streamlit, stop_server
 from tests.test_browser import CHROMIUM, ROOT, SHOTS, no_error_box, settle
 
 pytestmark = [
@@ -40,22 +39,14 @@ def page(tmp_path_factory):
     SHOTS.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=str(CHROMIUM),
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                      "--disable-sync"],
-            )
+            browser = launch_chromium(p)
             pg = browser.new_page(viewport={"width": 1400, "height": 1100})
             pg.set_default_timeout(90_000)
             pg.base = base
             yield pg
             browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 def chart(page, title: str):
@@ -77,18 +68,7 @@ def test_draw_saliency_confusion_cell_and_unit_outline(page):
     # Draw: a 7 with the mouse; the saliency of the answer and of the runner-up appear
     page.goto(f"{base}/Draw")
     settle(page, "Brush size")
-    canvas = page.locator("canvas").last
-    canvas.wait_for()
-    page.wait_for_timeout(1000)
-    box = canvas.bounding_box()
-    x0, y0 = box["x"], box["y"]
-    page.mouse.move(x0 + 90, y0 + 60)
-    page.mouse.down()
-    for i in range(1, 21):
-        page.mouse.move(x0 + 90 + 5 * i, y0 + 60)
-    for i in range(1, 31):
-        page.mouse.move(x0 + 190 - 2 * i, y0 + 60 + 6 * i)
-    page.mouse.up()
+    draw_seven(page)
     page.get_by_text("red ink spoke for it", exact=False).first.wait_for()
     settle(page, "the runner-up")
     digit = page.locator('[data-testid="stMetricValue"]').first.inner_text().strip()

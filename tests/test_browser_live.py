@@ -7,20 +7,18 @@ Screenshots land in test-artifacts/screenshots/live-*.png.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from core.runs import RunStore
-from tests.conftest import make_synthetic_mnist, start_streamlit
+from tests.conftest import launch_chromium, make_synthetic_mnist, start_streamlit, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EPOCHS = 3
 TRAIN_IMAGES = 40_000  # synthetic digits per epoch: ~10 s for Model3 on this machine's CPU when quiet
 
@@ -42,11 +40,7 @@ def served(tmp_path_factory):
     except RuntimeError as e:
         pytest.fail(str(e))
     yield base, RunStore(url)
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 def settle(page) -> None:
@@ -90,7 +84,7 @@ def test_a_run_started_stopped_and_resumed_from_the_train_page(served):
     base, store = served
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.set_default_timeout(60_000)
 
