@@ -29,7 +29,8 @@ def wait_for_turn(store: RunStore, run_id: int, poll: float = POLL_SECONDS) -> b
         if store.first_in_line(run_id):
             return True
         time.sleep(poll)
-        store.reconcile()  # a waiter ahead that died is marked interrupted, so the line moves on
+        store.reconcile_if_due()  # a waiter ahead that died is marked interrupted (checked every few seconds, not
+        # every poll: thirty waiters would each scan the active runs every second)
 
 
 def training_command(run_id: int, store_url: str, data_root: str | None) -> list[str]:
