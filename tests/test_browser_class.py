@@ -231,6 +231,8 @@ def test_a_class_on_one_server(lab, browser):
     assert bob.get_by_role("button", name="Stop").count() == 0
     bob.get_by_role("button", name="Start").wait_for()  # the whole page drawn before the picture
     bob.get_by_text("epoch(s) recorded").wait_for()
+    bob.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]')")
+    bob.wait_for_timeout(1000)  # the form and charts drawn, not their placeholders
     bob.screenshot(path=str(SHOTS / "class-bob-sees-alices-run.png"), full_page=True)
 
     # the crafted request: bob's own Stop click replayed as a click on alice's Stop, in bob's session
