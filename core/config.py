@@ -54,6 +54,8 @@ class TrainConfig:
     distill_from: str = ""  # a variant whose shipped weights (core/shipped/<variant>.pt) teach this run (distillation); "" = none
     distill_weight: float = 0.5  # share of the loss given to matching the teacher's softened outputs
     distill_temp: float = 4.0  # softmax temperature of the distillation term
+    # Weight averaging (issue 16). Stored configs without it read as 0 (off), so older runs resume as they trained.
+    ema: float = 0.0  # decay of an exponential moving average of the weights, tested and saved instead of them; 0 = off
 
     def validate(self) -> TrainConfig:
         def need(ok: bool, msg: str) -> None:
@@ -85,6 +87,7 @@ class TrainConfig:
              f"init must be reference or run:N (N a run id, e.g. run:12), got {self.init!r}")
         need(0 < self.extra_share < 1, f"extra_share must be in (0, 1), got {self.extra_share}")
         need(self.distill_from == "" or self.distill_from in MODELS, f"distill_from must be a variant ({', '.join(MODELS)}) or empty, got {self.distill_from!r}")
+        need(0 <= self.ema < 1, f"ema must be in [0, 1) (0 = off; 0.999 = a ~1,000-step average), got {self.ema}")
         need(0 <= self.distill_weight <= 1 and self.distill_temp > 0, "distill_weight must be in [0, 1] and distill_temp > 0")
         return self
 

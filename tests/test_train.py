@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from core.config import ConfigError, TrainConfig, recipe
 from core.data import load_mnist
-from core.train import StopRequested, Trainer, TrainingDiverged, train_step
+from core.train import StopRequested, Trainer, TrainingDiverged, evaluate, train_step
 
 
 def tiny(**kw) -> TrainConfig:
@@ -37,16 +37,34 @@ def test_same_seed_same_metrics_and_another_seed_differs(synthetic_root):
     assert run_all(Trainer(tiny(seed=2), data)) != a
 
 
-@pytest.mark.parametrize("scheduler", ["onecycle", "plateau", "step"])
-def test_resume_at_an_epoch_boundary_replays_exactly(synthetic_root, scheduler):
+@pytest.mark.parametrize("scheduler,ema", [("onecycle", 0.0), ("plateau", 0.0), ("step", 0.0), ("onecycle", 0.99)])
+def test_resume_at_an_epoch_boundary_replays_exactly(synthetic_root, scheduler, ema):
     data = load_mnist(synthetic_root)
-    cfg = tiny(epochs=3, scheduler=scheduler, lr=0.05)
+    cfg = tiny(epochs=3, scheduler=scheduler, lr=0.05, ema=ema)
     straight = run_all(Trainer(cfg, data))
     first = Trainer(cfg, data)
     head = [metrics(next(first.epochs()))]
     resumed = Trainer(cfg, data)
     resumed.load_state_dict(first.state_dict())
     assert head + run_all(resumed) == straight
+
+
+def test_with_ema_the_weight_average_is_tested_and_saved_and_sgd_keeps_its_own_weights(synthetic_root):
+    data = load_mnist(synthetic_root)
+    trainer = Trainer(tiny(epochs=1, ema=0.99), data)
+    result = next(trainer.epochs())
+    state = trainer.state_dict()
+    average, trained = state["model"], state["trained_model"]
+    assert trainer.tested_model is not trainer.model
+    assert all(torch.equal(average[k], v) for k, v in trainer.tested_model.state_dict().items())
+    assert all(torch.equal(trained[k], v) for k, v in trainer.model.state_dict().items())
+    moved = [k for k in average if average[k].is_floating_point() and not torch.equal(average[k], trained[k])]
+    assert "net.convblock1.0.weight" in moved or "convblock1.0.weight" in moved
+    assert any("running_mean" in k for k in moved)  # batch-norm statistics are averaged too
+    assert evaluate(trainer.tested_model, trainer.data.test_x, trainer.data.test_y)[1] == result.test_acc
+    without = Trainer(tiny(epochs=1), data)
+    next(without.epochs())
+    assert without.tested_model is without.model and "trained_model" not in without.state_dict()
 
 
 def test_stop_request_finishes_the_current_batch_then_stops(synthetic_root):
