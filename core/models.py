@@ -132,15 +132,21 @@ class ModelSpec:
 # The seed trained Model1..Model2c with plain SGD, and Model3 with SGD + ReduceLROnPlateau(patience 3, factor 0.5).
 SEED_SGD = dict(optimizer="sgd", lr=0.01, momentum=0.9, scheduler="none")
 SEED_MODEL3 = dict(optimizer="sgd", lr=0.01, momentum=0.9, scheduler="plateau", plateau_patience=3, plateau_factor=0.5)
-# Ours: OneCycle SGD + Nesterov, light weight decay, +-5% random shifts on top of the +-7 deg rotation, half
-# the seed's dropout, batch 64 at a peak lr of 0.05: the recipe whose worst of the last three epochs held
-# best over three seeds (README, "Not one lucky seed" and the Model3 notes).
+# Ours: OneCycle SGD + Nesterov at batch 128 and a peak lr of 0.1, light weight decay, +-5% random shifts on
+# top of the +-7 deg rotation, half the seed's dropout, and an average of the weights (ema 0.999) as the model
+# that is tested and shipped: >= 99.46% in each of the last three of 15 epochs on seeds 1-3, and 99.4% first
+# reached at epoch 4 (seed 1; README, "Speed"). Before issue 16: batch 64, peak lr 0.05, no average (99.4% first
+# at epoch 11, worst of the last three 99.41).
 TUNED = dict(
-    optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, scheduler="onecycle", batch_size=64,
-    dropout=0.05, weight_decay=1e-4, translate=0.05,
+    optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, scheduler="onecycle", batch_size=128,
+    dropout=0.05, weight_decay=1e-4, translate=0.05, ema=0.999,
 )
-# Tiny4k: Model3's recipe at batch 128 and peak lr 0.1, without dropout (README, the Tiny4k notes).
-TUNED_TINY = dict(TUNED, lr=0.1, batch_size=128, dropout=0.0)
+# Tiny4k: the 15-epoch recipe before the average, without dropout (README, the Tiny4k notes; the average did not
+# lift its last epochs).
+TUNED_TINY = dict(
+    optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, scheduler="onecycle", batch_size=128, epochs=15,
+    dropout=0.0, weight_decay=1e-4, translate=0.05,
+)
 
 # The one registry: pages, CLI, benchmarks and tests read it.
 MODELS: dict[str, ModelSpec] = {

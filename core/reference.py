@@ -130,6 +130,8 @@ def _result_row(label: str, info: dict) -> str:
         how += f", shift ±{c['translate']:g}"
     if c["weight_decay"]:
         how += f", wd {c['weight_decay']:g}"
+    if c.get("ema"):  # configs written before weight averaging existed lack the key
+        how += f", weight average (ema {c['ema']:g})"
     if c.get("distill_from"):  # configs written before distillation existed lack the key
         how += f", taught by {c['distill_from']} (weight {c['distill_weight']:g}, T {c['distill_temp']:g})"
     return (

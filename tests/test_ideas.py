@@ -63,7 +63,8 @@ def test_model2c_to_model3_adds_the_schedule_and_lighter_dropout():
     diff = step_diff("Model2c", "Model3")
     assert setting(diff["seed recipe"], "scheduler") == ("none", "plateau")
     assert setting(diff["reference recipe"], "scheduler") == ("none", "onecycle")
-    assert setting(diff["reference recipe"], "lr") == (0.01, 0.05)
+    assert setting(diff["reference recipe"], "lr") == (0.01, 0.1)
+    assert setting(diff["reference recipe"], "ema") == (0.0, 0.999)  # the weight average (issue 16)
     assert changed(diff, "dropout") == (0.25, 0.1)
     assert diff["parameters"]["before"] == diff["parameters"]["after"]
 
