@@ -168,8 +168,10 @@ def live_run(run_id: int, every: float | None) -> None:
     rows, best = view.epochs, view.best_test_acc
     st.caption(f"{len(rows)} epoch(s) recorded" + (f" · best test {best:.2f}%" if best is not None else "")
                + (f" · {len(view.steps)} step point(s)" if view.steps else ""))
-    if every and not run.active:
-        st.rerun(scope="app")  # the run ended: refresh the whole page (the model pickers elsewhere too)
+    if every and not run.active:  # the run ended: after one more refresh showing how (and its last epoch), the
+        if st.session_state.get("ended") == run.id:  # whole page reruns (the model pickers elsewhere too)
+            st.rerun(scope="app")
+        st.session_state["ended"] = run.id
 
 
 def live_charts(run_id: int) -> None:
@@ -259,6 +261,8 @@ def main() -> None:
             active = False
         # redrawn on timers while the run is queued or training: where it is every second, its charts less often
         every = live.REFRESH_S if active else None
+        if active:
+            st.session_state.pop("ended", None)
         st.fragment(live_run, run_every=every)(run_id, every)
         st.fragment(live_charts, run_every=live.CHART_S if active else None)(run_id)
 
