@@ -31,8 +31,8 @@ def settings_form() -> None:
     preset = st.radio("Recipe", presets, index=presets.index(linked) if linked in presets else 0, horizontal=True,
                       key="preset", format_func=lambda p: RECIPE_NAMES.get(p, p),
                       help="the seed's recipe: plain SGD at lr 0.01 with a plateau schedule, as the seed project "
-                           "trained; our tuned recipe: Nesterov SGD with a one-cycle schedule and shifts, what our "
-                           "reference runs use; run N's: the settings of the run you copied")
+                           "trained; our tuned recipe: Nesterov SGD with a one-cycle schedule and shifts (for Model3 "
+                           "also an average of the weights as the model), what our reference runs use; run N's: the settings of the run you copied")
     base = copied[1] if preset not in ("seed", "reference") else recipe(model, preset)
     k = f"{model}-{preset}"  # widgets reset to the recipe's values when the variant or recipe changes
     start = lab.link_settings(base, link, model, preset)  # ... or to the link's, where its variant and recipe are these
