@@ -33,8 +33,8 @@ FIELD_HELP = {
     "extra_data": "an ImageFolder DIR/<digit>/*.png|jpg (your own digits, read like a drawing) mixed into every "
                   "training batch and augmented like MNIST",
     "extra_share": "fraction of each training batch taken from --extra-data",
-    "ema": "test and save an exponential moving average of the weights with this decay (0 = off): the "
-           "trained weights keep learning, the average is what is measured, checkpointed and shipped",
+    "ema": "test and save an exponential moving average of the weights (0 = off), its decay at step n "
+           "min(EMA, (1+n)/(10+n)): the trained weights keep learning, the average is measured, checkpointed, shipped",
 }
 FINETUNE_HELP = (
     "With --init (and no --recipe) the defaults are the fine-tuning recipe: the variant's reference recipe with "

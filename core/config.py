@@ -87,7 +87,7 @@ class TrainConfig:
              f"init must be reference or run:N (N a run id, e.g. run:12), got {self.init!r}")
         need(0 < self.extra_share < 1, f"extra_share must be in (0, 1), got {self.extra_share}")
         need(self.distill_from == "" or self.distill_from in MODELS, f"distill_from must be a variant ({', '.join(MODELS)}) or empty, got {self.distill_from!r}")
-        need(0 <= self.ema < 1, f"ema must be in [0, 1) (0 = off; 0.999 = a ~1,000-step average), got {self.ema}")
+        need(0 <= self.ema < 1, f"ema must be in [0, 1) (0 = off), got {self.ema}")
         need(0 <= self.distill_weight <= 1 and self.distill_temp > 0, "distill_weight must be in [0, 1] and distill_temp > 0")
         return self
 

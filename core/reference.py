@@ -130,6 +130,8 @@ def _result_row(label: str, info: dict) -> str:
         how += f", shift ±{c['translate']:g}"
     if c["weight_decay"]:
         how += f", wd {c['weight_decay']:g}"
+    if c["scheduler"] == "onecycle" and c["onecycle_pct"] != TrainConfig.onecycle_pct:
+        how += f", warm-up {c['onecycle_pct']:.0%}"
     if c.get("ema"):  # configs written before weight averaging existed lack the key
         how += f", weight average (ema {c['ema']:g})"
     if c.get("distill_from"):  # configs written before distillation existed lack the key
