@@ -15,7 +15,7 @@ from core.data import MNIST, load_mnist
 from core.evaluation import Evaluation, evaluate_classes
 from core.export import checkpoint_bytes, onnx_bytes
 from core.identity import User, settings, user_from_headers, user_named
-from core.models import MODELS
+from core.models import EMA_DECAY, MODELS
 from core.reference import (
     load_reference_model,
     model_from_state,
@@ -320,7 +320,7 @@ FORM_BOUNDS = {"epochs": (1, 100), "batch_size": (8, 2048), "seed": (0, 10_000),
                "train_limit": (0, 60_000), "test_limit": (0, 10_000)}  # the form's widgets take theirs from here
 FORM_CHOICES = {"model": tuple(MODELS), "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}
 LABEL_MAX = 200  # characters of a label a link may carry
-LINK_PARAMS = ("model", "recipe", *FORM_BOUNDS, "optimizer", "scheduler", "augment", "label")
+LINK_PARAMS = ("model", "recipe", *FORM_BOUNDS, "optimizer", "scheduler", "augment", "average", "label")
 
 
 def parse_form_params(params: dict[str, str]) -> tuple[dict, list[str]]:
@@ -345,7 +345,7 @@ def _form_value(name: str, text: str):
         if text in ("seed", "reference") or (text.startswith("run-") and text[4:].isdigit()):
             return text
         raise ValueError(text)
-    if name == "augment":
+    if name in ("augment", "average"):
         return {"1": True, "true": True, "0": False, "false": False}[text.lower()]
     if name == "label":
         if len(text) > LABEL_MAX:
@@ -387,7 +387,16 @@ def link_settings(base: TrainConfig, values: dict, model: str, preset: str) -> T
     """`base` with the link's settings where they still apply: the link's variant and recipe are the form's."""
     if values.get("model", "Model3") != model or preset_of_link(values.get("recipe", "seed")) != preset:
         return base
-    return base.replace(**{k: v for k, v in values.items() if k in FORM_BOUNDS or k in ("optimizer", "scheduler", "augment")})
+    changes = {k: v for k, v in values.items() if k in FORM_BOUNDS or k in ("optimizer", "scheduler", "augment")}
+    if "average" in values:
+        changes["ema"] = averaged(base, values["average"])
+    return base.replace(**changes)
+
+
+def averaged(base: TrainConfig, on: bool) -> float:
+    """The `ema` a run gets from the Train form's Average box: the recipe's own decay where it has one, else
+    EMA_DECAY; 0 (no average) when the box is off."""
+    return (base.ema or EMA_DECAY) if on else 0.0
 
 
 def form_to_link(values: dict) -> None:

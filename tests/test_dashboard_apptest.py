@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.data import FILES
+from core.models import EMA_DECAY
 
 HOME = str(Path(__file__).resolve().parent.parent / "dashboard" / "Home.py")
 PAGES = ["views/Train.py", "views/Compare.py", "views/Draw.py", "views/Inspect.py"]
@@ -83,12 +84,14 @@ def test_train_page_starts_a_run_that_finishes_and_the_other_pages_use_it(store_
     at.number_input(key="epochs-Tiny4k-seed").set_value(1)
     at.number_input(key="tl").set_value(300)
     at.number_input(key="vl").set_value(200)
+    at.checkbox(key="avg-Tiny4k-seed").check()  # the weight average, through the worker and its checkpoints
     at.button(key="start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     mine = at
     store = RunStore(store_url)
     runs = store.list_runs()
     assert len(runs) == 1 and runs[0].model == "Tiny4k" and runs[0].config.train_limit == 300
+    assert runs[0].config.ema == EMA_DECAY
     assert at.query_params["run"] == [str(runs[0].id)] or at.query_params["run"] == str(runs[0].id)
 
     deadline = time.monotonic() + 240
@@ -506,22 +509,40 @@ def test_the_train_form_comes_back_from_the_url_after_a_reload(store_url):
     at.number_input(key=f"lr-{k}").set_value(0.05).run()
     at.selectbox(key=f"sched-{k}").set_value("step").run()
     at.checkbox(key=f"aug-{k}").uncheck().run()
+    assert not at.checkbox(key=f"avg-{k}").value  # Tiny4k's tuned recipe has no weight average ...
+    at.checkbox(key=f"avg-{k}").check().run()  # ... the box adds one
     at.number_input(key="tl").set_value(2000).run()
     at.text_input(key="label").input("my try").run()
-    link = {name: param(at, name) for name in ("model", "recipe", "epochs", "lr", "scheduler", "augment",
+    link = {name: param(at, name) for name in ("model", "recipe", "epochs", "lr", "scheduler", "augment", "average",
                                                 "train_limit", "label")}
     assert link == {"model": "Tiny4k", "recipe": "reference", "epochs": "5", "lr": "0.05", "scheduler": "step",
-                    "augment": "0", "train_limit": "2000", "label": "my try"}
+                    "augment": "0", "average": "1", "train_limit": "2000", "label": "my try"}
 
     again = train_form({name: param(at, name) for name in at.query_params})  # a reload: a new session, same URL
     assert again.selectbox(key="model").value == "Tiny4k" and again.radio(key="preset").value == "reference"
     assert (again.number_input(key=f"epochs-{k}").value, again.number_input(key=f"lr-{k}").value,
             again.selectbox(key=f"sched-{k}").value, again.checkbox(key=f"aug-{k}").value,
             again.number_input(key="tl").value, again.text_input(key="label").value) == (5, 0.05, "step", False, 2000, "my try")
+    assert again.checkbox(key=f"avg-{k}").value
     again.selectbox(key="model").set_value("Model2").run()  # another variant: its recipe's values, the counts kept
     assert again.number_input(key="epochs-Model2-reference").value == recipe("Model2", "reference").epochs
     assert param(again, "model") == "Model2" and param(again, "epochs") == str(recipe("Model2", "reference").epochs)
     assert again.number_input(key="tl").value == 2000 and again.text_input(key="label").value == "my try"
+
+
+def test_the_average_box_follows_the_recipe_and_turns_the_weight_average_on_and_off(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(HOME).parent))
+    import lab
+
+    from core.config import recipe
+
+    seed, tuned = recipe("Model3", "seed"), recipe("Model3", "reference")
+    assert (seed.ema, tuned.ema) == (0.0, EMA_DECAY)
+    assert lab.averaged(seed, True) == EMA_DECAY and lab.averaged(seed, False) == 0.0
+    assert lab.averaged(tuned.replace(ema=0.99), True) == 0.99  # a copied run's own decay is kept
+    assert lab.link_settings(tuned, {"average": False, "recipe": "reference"}, "Model3", "reference").ema == 0.0
+    assert lab.link_settings(seed, {"average": True}, "Model3", "seed").ema == EMA_DECAY
+    assert lab.parse_form_params({"average": "maybe"}) == ({}, ["average"])
 
 
 def test_a_link_with_values_the_form_refuses_opens_the_defaults_and_says_so_in_one_line(store_url):
