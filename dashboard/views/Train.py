@@ -46,9 +46,10 @@ def settings_form() -> None:
     scheduler = c3.selectbox("LR schedule", SCHEDULERS, index=SCHEDULERS.index(start.scheduler), key=f"sched-{k}")
     augment = c1.checkbox("Augment", start.augment, key=f"aug-{k}",
                           help="random rotation (and the recipe's shifts/zoom) of each training batch")
-    average = c2.checkbox("Average the weights", start.ema > 0, key=f"avg-{k}",
-                          help="test and keep an exponential moving average of the weights, as our tuned Model3 recipe "
-                               "does: steadier test accuracy while the lr is still high; SGD's own weights keep learning")
+    average = c1.checkbox("Average", start.ema > 0, key=f"avg-{k}",
+                          help="average the weights: test and keep an exponential moving average of them, as our tuned "
+                               "Model3 recipe does (steadier test accuracy while the lr is still high); SGD's own "
+                               "weights keep learning")
     # the image counts and the label apply to any variant and recipe: kept when those change
     if copied and preset not in ("seed", "reference") and st.session_state.get("copied-applied") != copied[0]:
         st.session_state["tl"], st.session_state["vl"] = base.train_limit, base.test_limit
