@@ -40,8 +40,7 @@ def home() -> None:
         st.caption("No reference runs shipped yet: `python -m core.reference` trains one per variant.")
 
     st.subheader("Training now")
-    user = lab.current_user()  # with identity on: my runs unless the class's are asked for
-    owner = None if lab.class_toggle("home-class") else user.name
+    owner = lab.listed_owner("home-class")  # with identity on: my runs unless the class's are asked for
     active = store.list_runs(status="running", owner=owner) + store.list_runs(status="queued", owner=owner)
     if not active:
         st.write("Nothing is training.")

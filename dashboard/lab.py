@@ -162,6 +162,13 @@ def class_toggle(key: str) -> bool:
     return st.toggle("The class's runs too", False, key=key, help="off: your own runs and the shipped references")
 
 
+def listed_owner(key: str) -> str | None:
+    """Whose runs a list shows: the signed-in user's own, or everyone's (None) with identity off or the class's
+    toggle (class_toggle(key)) on."""
+    user = current_user()
+    return None if class_toggle(key) else user.name
+
+
 @st.cache_resource(show_spinner="Loading the model...", max_entries=16)
 def load_model(choice: TrainedModel, store_url: str) -> nn.Module:
     if choice.reference:

@@ -43,8 +43,7 @@ def main() -> None:
     search = st.text_input(
         "Find runs", key="run-search", placeholder="words from the model, label, status or sweep, or a run id: e.g. Tiny4k finished"
     )
-    user = lab.current_user()  # with identity on: my runs (and the references) unless the class's are asked for
-    owner = None if lab.class_toggle("compare-class") else user.name
+    owner = lab.listed_owner("compare-class")  # with identity on: my runs (and the references) unless the class's
     runs = store.list_runs(limit=lab.NEWEST_RUNS, search=search, owner=owner)
     listed = {lab.run_label(r): r for r in runs}
     # Runs chosen before (another search, or Sweeps' "Open in Compare") stay chosen though this listing leaves them out.

@@ -32,7 +32,8 @@ def settings_form() -> None:
                       key="preset", format_func=lambda p: RECIPE_NAMES.get(p, p),
                       help="the seed's recipe: plain SGD at lr 0.01 with a plateau schedule, as the seed project "
                            "trained; our tuned recipe: Nesterov SGD with a one-cycle schedule and shifts (for Model3 "
-                           "also an average of the weights as the model), what our reference runs use; run N's: the settings of the run you copied")
+                           "also an average of the weights as the model), what our reference runs use; run N's: the "
+                           "settings of the run you copied")
     base = copied[1] if preset not in ("seed", "reference") else recipe(model, preset)
     k = f"{model}-{preset}"  # widgets reset to the recipe's values when the variant or recipe changes
     start = lab.link_settings(base, link, model, preset)  # ... or to the link's, where its variant and recipe are these
@@ -220,8 +221,9 @@ def active_runs(current: int | None) -> None:
     (positions are always in the whole class's queue)."""
     entries = lab.class_queue()
     user = lab.current_user()
-    if user is not None and not lab.class_toggle("queue-class"):
-        entries = estimate.owned_by(entries, user.name)
+    owner = lab.listed_owner("queue-class")
+    if owner is not None:
+        entries = estimate.owned_by(entries, owner)
     if not entries:
         return
 
