@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import lab
 import plotly.graph_objects as go
 import streamlit as st
+import svgchart
 
 from core.runs import Run, RunStore
 
@@ -101,38 +102,64 @@ def watch(run_id: int) -> RunView:
     return shared.view(lab.store(), run_id)
 
 
-GHOST = dict(color="rgba(120,120,120,0.45)", dash="dot")
+GHOST = "rgba(120,120,120,0.45)"
 
 
-def _chart(title: str, y_title: str, view: RunView, step_key: str, epoch_key: str | None,
-           ghost: tuple[str, list[dict]] | None, log_y: bool = False) -> go.Figure:
-    """Per-step points as a line (x: fractional epoch), per-epoch test points as markers on the same axis,
-    and the reference run's per-epoch train/test curves faintly behind."""
-    fig = go.Figure()
+def chart_series(view: RunView, step_key: str, epoch_key: str | None,
+                 ghost: tuple[str, list[dict]] | None) -> list[svgchart.Series]:
+    """What a training chart draws: the reference run's per-epoch train/test curves faintly behind, per-step
+    points as a line (x: fractional epoch) and per-epoch test points as markers on the same axis."""
+    out = []
     if ghost:
         _, rows = ghost
         for key, dash in ((step_key, "dot"), (epoch_key, "dash")):
             if key and rows and key in rows[0]:
-                fig.add_scatter(x=[r["epoch"] for r in rows], y=[r[key] for r in rows], mode="lines",
-                                name=f"reference {key.replace('_', ' ')}", line=dict(GHOST, dash=dash))
+                out.append(svgchart.Series(f"reference {key.replace('_', ' ')}", tuple(r["epoch"] for r in rows),
+                                           tuple(r[key] for r in rows), GHOST, dash))
     if view.steps:
-        fig.add_scatter(x=[r["epoch"] for r in view.steps], y=[r[step_key] for r in view.steps], mode="lines",
-                        name=f"{step_key.replace('_', ' ')} (per step)", line=dict(color="#4c78a8"))
+        out.append(svgchart.Series(f"{step_key.replace('_', ' ')} (per step)", tuple(r["epoch"] for r in view.steps),
+                                   tuple(r[step_key] for r in view.steps), "#4c78a8"))
     if epoch_key and view.epochs:
-        fig.add_scatter(x=[r["epoch"] for r in view.epochs], y=[r[epoch_key] for r in view.epochs],
-                        mode="lines+markers", name=epoch_key.replace("_", " "),
-                        line=dict(color="#e45756"))
+        name = epoch_key.replace("_", " ")
+        rows = [r for r in view.epochs if r[epoch_key] is not None]
+        out.append(svgchart.Series(name, tuple(r["epoch"] for r in rows), tuple(r[epoch_key] for r in rows), "#e45756",
+                                   markers=True, hover=tuple(f"epoch {r['epoch']}: {name} {r[epoch_key]:.4g}" for r in rows)))
+    return out
+
+
+def log_range(series: list[svgchart.Series], shown: float) -> tuple[float, float]:
+    """A log axis's range (log10 values) over the points up to epoch `shown`, padded so that a constant lr is
+    not drawn on the plot's edge."""
+    ys = [y for s in series for x, y in zip(s.xs, s.ys, strict=True) if x <= shown and y and y > 0]
+    lo, hi = (math.log10(min(ys)), math.log10(max(ys))) if ys else (-3.0, -1.0)
+    pad = max(0.05, 0.1 * (hi - lo))
+    return lo - pad, hi + pad
+
+
+def _chart(title: str, y_title: str, view: RunView, step_key: str, epoch_key: str | None,
+           ghost: tuple[str, list[dict]] | None, log_y: bool = False) -> go.Figure:
+    """A training chart as Plotly draws it (hover, zoom): for a run that has ended."""
+    fig = go.Figure()
+    series = chart_series(view, step_key, epoch_key, ghost)
+    for s in series:
+        fig.add_scatter(x=s.xs, y=s.ys, mode="lines+markers" if s.markers else "lines", name=s.name,
+                        line=dict(color=s.color, dash=s.dash or "solid"))
     shown = epochs_shown(view)
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=y_title, height=320,
                       margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
     fig.update_xaxes(range=[0, shown], tickmode="linear", tick0=0, dtick=max(1, -(-shown // 5)))
     if log_y:
-        # padded, so that a constant lr is not drawn on the plot's edge
-        ys = [y for trace in fig.data for x, y in zip(trace.x, trace.y, strict=True) if x <= shown and y and y > 0]
-        lo, hi = (math.log10(min(ys)), math.log10(max(ys))) if ys else (-3.0, -1.0)
-        pad = max(0.05, 0.1 * (hi - lo))
-        fig.update_yaxes(type="log", exponentformat="power", range=[lo - pad, hi + pad])
+        fig.update_yaxes(type="log", exponentformat="power", range=list(log_range(series, shown)))
     return fig
+
+
+def _svg(title: str, y_title: str, view: RunView, step_key: str, epoch_key: str | None,
+         ghost: tuple[str, list[dict]] | None, log_y: bool = False) -> str:
+    """The same chart as a light SVG: for a run that trains (every watching tab redraws it)."""
+    series = chart_series(view, step_key, epoch_key, ghost)
+    shown = epochs_shown(view)
+    return svgchart.line_chart(title, y_title, series, (0, shown), max(1, -(-shown // 5)),
+                               log_range(series, shown) if log_y else None, log_y)
 
 
 def epochs_shown(view: RunView) -> int:
@@ -146,18 +173,20 @@ def epochs_shown(view: RunView) -> int:
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def _charts(fingerprint: tuple, _view: RunView, _ghost) -> tuple[go.Figure, ...]:
+def _charts(fingerprint: tuple, _view: RunView, _ghost) -> tuple:
+    draw = _svg if _view.run.active else _chart
     return (
-        _chart("Accuracy", "%", _view, "train_acc", "test_acc", _ghost),
-        _chart("Loss", "cross-entropy", _view, "train_loss", "test_loss", _ghost),
-        _chart("Learning rate", "lr (log scale)", _view, "lr", None, _ghost, log_y=True),
+        draw("Accuracy", "%", _view, "train_acc", "test_acc", _ghost),
+        draw("Loss", "cross-entropy", _view, "train_loss", "test_loss", _ghost),
+        draw("Learning rate", "lr (log scale)", _view, "lr", None, _ghost, log_y=True),
     )
 
 
-def training_charts(view: RunView, ghost: tuple[str, list[dict]] | None = None) -> tuple[go.Figure, go.Figure, go.Figure]:
+def training_charts(view: RunView, ghost: tuple[str, list[dict]] | None = None) -> tuple:
     """Accuracy, loss and learning-rate charts of a view (step points, epochs, and the reference `ghost`:
     (label, per-epoch rows) or None), built once per run, data and ghost for all sessions (the figures are
-    shared: draw them, do not change them)."""
+    shared: draw them, do not change them). While the run is active they are SVG strings (st.html: cheap for
+    every watching browser to redraw), once it has ended Plotly figures (hover, zoom)."""
     last_step = view.steps[-1]["step"] if view.steps else 0
     fingerprint = (view.run.id, view.run.active, len(view.steps), last_step, ghost[0] if ghost else None,
                    tuple((r["epoch"], r["test_acc"], r["train_loss"]) for r in view.epochs))

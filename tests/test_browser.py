@@ -68,7 +68,11 @@ def no_error_box(page, name: str) -> None:
 
 def chart_points(page) -> int:
     """Markers in the Train page's accuracy chart (one per epoch: the test accuracy; the per-step train accuracy
-    and the reference behind are lines); 0 before the first epoch."""
+    and the reference behind are lines): an SVG's circles while the run trains, Plotly's points once it has
+    ended; 0 before the first epoch."""
+    live = page.locator('svg[data-chart="Accuracy"]')
+    if live.count():
+        return live.first.locator("circle").count()
     charts = page.locator('[data-testid="stPlotlyChart"]')
     if charts.count() == 0:
         return 0
@@ -101,11 +105,12 @@ def test_every_page_train_live_and_draw_a_digit(server, page):
             break
         page.wait_for_timeout(500)
     assert seen[-1] == 3, f"the accuracy chart never showed 3 epochs' test points; points seen: {sorted(set(seen))}"
-    lines = page.locator('[data-testid="stPlotlyChart"]').first.locator(".scatterlayer .trace").count()
-    assert lines >= 3, lines  # the per-step line and the test points, the reference behind
     assert min(seen) < 6, "the chart was never seen growing"
     settle(page, "finished")
-    page.wait_for_timeout(1500)  # the page reruns once when the run ends
+    page.wait_for_timeout(1500)  # the page reruns once when the run ends: Plotly's charts replace the SVGs
+    lines = page.locator('[data-testid="stPlotlyChart"]').first.locator(".scatterlayer .trace").count()
+    assert lines >= 3, lines  # the per-step line and the test points, the reference behind
+    assert chart_points(page) == 3
     no_error_box(page, "2-train")
 
     page.goto(f"{server}/Compare")

@@ -58,10 +58,10 @@ def shot(page, name: str) -> None:
 def step_line_points(page) -> int:
     """Points of the per-step line in the Train page's accuracy chart (0 when it is not drawn)."""
     return page.evaluate("""() => {
-        const chart = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
-        if (!chart || !chart.data) return 0;
-        const line = chart.data.find(t => (t.name || '').includes('per step'));
-        return line ? line.x.length : 0;
+        const chart = document.querySelector('svg[data-chart="Accuracy"]');  // live: an SVG
+        if (!chart) return 0;
+        const line = [...chart.querySelectorAll('polyline')].find(l => l.textContent.includes('per step'));
+        return line ? line.getAttribute('points').trim().split(/\\s+/).length : 0;
     }""")
 
 

@@ -195,10 +195,11 @@ def live_charts(run_id: int) -> None:
             st.caption("The first points come a few seconds after the training process starts (it loads MNIST first).")
         ghost = reference if st.session_state.get("ghost", True) else None
         acc, loss, lr = live.training_charts(view, (ghost[0], ghost[1]["epochs"]) if ghost else None)
-        c1, c2, c3 = st.columns(3)
-        c1.plotly_chart(acc, key="acc")
-        c2.plotly_chart(loss, key="loss")
-        c3.plotly_chart(lr, key="lr")
+        for col, chart, key in zip(st.columns(3), (acc, loss, lr), ("acc", "loss", "lr"), strict=True):
+            if isinstance(chart, str):  # live: an SVG
+                col.html(chart)
+            else:
+                col.plotly_chart(chart, key=key)
         st.toggle("Show the reference run (grey, behind)", True, key="ghost",
                   help="the shipped run of the same variant, under the same recipe where one ships")
         if ghost:
