@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
 import random
+import re
 import time
 from pathlib import Path
 
@@ -367,7 +367,6 @@ def test_train_shows_step_points_before_the_first_epoch_ends(store_url):
     at.switch_page("views/Train.py").run()
     assert not at.exception, at.exception
     assert any("0 epoch(s) recorded" in c.value and "39 step point(s)" in c.value for c in at.caption)
-    import json
 
     charts = [h.proto.body for h in at.html]  # while the run trains: light SVGs, not Plotly
     assert [re.search(r'data-chart="([^"]*)"', c).group(1) for c in charts[:3]] == ["Accuracy", "Loss", "Learning rate"]

@@ -190,7 +190,6 @@ def test_a_training_runs_charts_span_the_epochs_reached_and_one_more(store):
 
 
 def test_a_run_that_just_started_shows_the_reference_it_races_before_its_first_point(store):
-    import json
 
     run_id = store.create_run(TrainConfig(model="Model3", epochs=15))
     assert store.claim(run_id, os.getpid())  # the training process is loading MNIST: no step point yet

@@ -18,6 +18,7 @@ import svgchart  # noqa: E402
 from core.config import TrainConfig  # noqa: E402
 
 NS = {"s": "http://www.w3.org/2000/svg"}
+SVG = "{http://www.w3.org/2000/svg}"  # ElementTree's spelling of a tag in that namespace
 
 
 def view(active: bool = True, n_steps: int = 50, n_epochs: int = 2) -> SimpleNamespace:
@@ -39,11 +40,11 @@ def test_the_live_svg_draws_the_series_the_plotly_chart_draws():
     fig = live._chart("Accuracy", "%", v, "train_acc", "test_acc", ghost)
     svg = live._svg("Accuracy", "%", v, "train_acc", "test_acc", ghost)
     root = ET.fromstring(svg)  # well-formed XML
-    lines = {line.find("s:title", NS).text: line.get("points").split() for line in root.iter("{%s}polyline" % NS["s"])}
+    lines = {line.find("s:title", NS).text: line.get("points").split() for line in root.iter(SVG + "polyline")}
     assert {t.name for t in fig.data} == set(lines)
     for trace in fig.data:
         assert len(lines[trace.name]) == len(trace.x)
-    circles = [c.find("s:title", NS).text for c in root.iter("{%s}circle" % NS["s"])]
+    circles = [c.find("s:title", NS).text for c in root.iter(SVG + "circle")]
     assert circles == ["epoch 1: test acc 98", "epoch 2: test acc 99"]  # hover texts of the test points
 
 
@@ -69,4 +70,4 @@ def test_names_are_escaped():
     s = svgchart.Series('<b>"x" & y</b>', (0.0, 1.0), (1.0, 2.0), "#000", markers=True, hover=("<i>", "&"))
     root = ET.fromstring(svgchart.line_chart("a < b", "y", [s], (0, 1), 1))
     assert root.get("data-chart") == "a < b"
-    assert [c.find("s:title", NS).text for c in root.iter("{%s}circle" % NS["s"])] == ["<i>", "&"]
+    assert [c.find("s:title", NS).text for c in root.iter(SVG + "circle")] == ["<i>", "&"]
