@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from html import escape
 
-W, H = 420, 300  # the viewBox; the chart scales to its column's width
-LEFT, RIGHT, TOP, BOTTOM = 52, 12, 30, 74  # the plot area's margins (axis labels, title, legend)
+W, H = 170, 300  # the viewBox, sized for a third of the Train page's right column (it scales to the column)
+LEFT, RIGHT, TOP, BOTTOM = 36, 6, 26, 94  # the plot area's margins (axis labels, title, a legend of four rows)
 DASHES = {None: "", "dot": "2,3", "dash": "6,4"}
 SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -72,8 +72,8 @@ def line_chart(title: str, y_title: str, series: list[Series], x_range: tuple[fl
         return TOP + ph * (1 - (v - y0) / (y1 - y0))
 
     out = [f'<svg viewBox="0 0 {W} {H}" width="100%" xmlns="http://www.w3.org/2000/svg" role="img" '
-           f'font-family="sans-serif" font-size="11" data-chart="{escape(title)}">',
-           f'<text x="8" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
+           f'font-family="sans-serif" font-size="9" data-chart="{escape(title)}">',
+           f'<text x="2" y="14" font-size="12" font-weight="bold">{escape(title)}</text>']
     yticks = ([10.0 ** k for k in range(math.ceil(y0 - 1e-9), math.floor(y1 + 1e-9) + 1)] if log_y
               else nice_ticks(y0, y1))
     for v in yticks:
@@ -85,10 +85,10 @@ def line_chart(title: str, y_title: str, series: list[Series], x_range: tuple[fl
         v = x0 + i * x_step
         x = px(v)
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{TOP + ph}" stroke="#f0f0f0"/>'
-                   f'<text x="{x:.1f}" y="{TOP + ph + 14}" text-anchor="middle" fill="#555">{v:g}</text>')
+                   f'<text x="{x:.1f}" y="{TOP + ph + 12}" text-anchor="middle" fill="#555">{v:g}</text>')
     out.append(f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>'
-               f'<text x="{LEFT + pw / 2:.1f}" y="{TOP + ph + 28}" text-anchor="middle" fill="#555">epoch</text>'
-               f'<text transform="translate(12 {TOP + ph / 2:.1f}) rotate(-90)" text-anchor="middle" fill="#555">'
+               f'<text x="{LEFT + pw / 2:.1f}" y="{TOP + ph + 25}" text-anchor="middle" fill="#555">epoch</text>'
+               f'<text transform="translate(9 {TOP + ph / 2:.1f}) rotate(-90)" text-anchor="middle" fill="#555">'
                f'{escape(y_title)}</text>')
     clip = "clip-" + "".join(c for c in title.lower() if c.isalnum())  # ids are page-wide: one per chart
     out.append(f'<clipPath id="{clip}"><rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}"/></clipPath>'
@@ -98,16 +98,16 @@ def line_chart(title: str, y_title: str, series: list[Series], x_range: tuple[fl
                if y is not None and math.isfinite(y) and (y > 0 or not log_y)]
         if len(pts) > 1:
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-            out.append(f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="1.6" '
+            out.append(f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="1.4" '
                        f'stroke-dasharray="{DASHES[s.dash]}"><title>{escape(s.name)}</title></polyline>')
         if s.markers:
             for i, (x, y) in enumerate(pts):
                 tip = s.hover[i] if i < len(s.hover) else s.name
-                out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{s.color}"><title>{escape(tip)}</title></circle>')
+                out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{s.color}"><title>{escape(tip)}</title></circle>')
     out.append("</g>")
-    for i, s in enumerate(series):  # the legend: two names a row under the axis
-        lx, ly = 8 + (i % 2) * (W / 2), TOP + ph + 46 + (i // 2) * 15
-        out.append(f'<line x1="{lx}" x2="{lx + 22}" y1="{ly - 4}" y2="{ly - 4}" stroke="{s.color}" stroke-width="2" '
-                   f'stroke-dasharray="{DASHES[s.dash]}"/><text x="{lx + 27}" y="{ly}" fill="#333">{escape(s.name)}</text>')
+    for i, s in enumerate(series):  # the legend: one name a row under the axis
+        lx, ly = LEFT - 8, TOP + ph + 42 + i * 13
+        out.append(f'<line x1="{lx}" x2="{lx + 18}" y1="{ly - 3}" y2="{ly - 3}" stroke="{s.color}" stroke-width="2" '
+                   f'stroke-dasharray="{DASHES[s.dash]}"/><text x="{lx + 22}" y="{ly}" fill="#333">{escape(s.name)}</text>')
     out.append("</svg>")
     return "".join(out)

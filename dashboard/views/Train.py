@@ -196,8 +196,8 @@ def live_charts(run_id: int) -> None:
         ghost = reference if st.session_state.get("ghost", True) else None
         acc, loss, lr = live.training_charts(view, (ghost[0], ghost[1]["epochs"]) if ghost else None)
         for col, chart, key in zip(st.columns(3), (acc, loss, lr), ("acc", "loss", "lr"), strict=True):
-            if isinstance(chart, str):  # live: an SVG
-                col.html(chart)
+            if isinstance(chart, str):  # live: an SVG (ours, names escaped; st.html would strip SVG tags)
+                col.markdown(chart, unsafe_allow_html=True)
             else:
                 col.plotly_chart(chart, key=key)
         st.toggle("Show the reference run (grey, behind)", True, key="ghost",
