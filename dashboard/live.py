@@ -185,8 +185,8 @@ def _charts(fingerprint: tuple, _view: RunView, _ghost) -> tuple:
 def training_charts(view: RunView, ghost: tuple[str, list[dict]] | None = None) -> tuple:
     """Accuracy, loss and learning-rate charts of a view (step points, epochs, and the reference `ghost`:
     (label, per-epoch rows) or None), built once per run, data and ghost for all sessions (the figures are
-    shared: draw them, do not change them). While the run is active they are SVG strings (st.html: cheap for
-    every watching browser to redraw), once it has ended Plotly figures (hover, zoom)."""
+    shared: draw them, do not change them). While the run is active they are SVG strings (shown as pictures:
+    cheap for every watching browser to redraw), once it has ended Plotly figures (hover, zoom)."""
     last_step = view.steps[-1]["step"] if view.steps else 0
     fingerprint = (view.run.id, view.run.active, len(view.steps), last_step, ghost[0] if ghost else None,
                    tuple((r["epoch"], r["test_acc"], r["train_loss"]) for r in view.epochs))

@@ -1,8 +1,9 @@
-"""Line charts as one SVG string, drawn on the server: what a tab shows while a run trains.
+"""Line charts as one SVG, drawn on the server: what a tab shows while a run trains.
 
-A Plotly chart costs its browser tens of milliseconds to redraw; twenty tabs on one 2-core machine redrawing
-three of them every few seconds left the pages seconds behind the run. An SVG of a few hundred points is
-replaced in a millisecond. Test points carry a hover text (the SVG <title>); nothing here needs JavaScript.
+Twenty tabs on one 2-core machine redrawing three Plotly charts every few seconds left the pages seconds
+behind the run (docs/scaling.md, "Many tabs on one run"). The Train page shows these SVGs as pictures
+(st.image): a browser decodes a picture without building any page elements for it. Names and hover texts
+are kept as SVG <title>s (the tests read them; a picture shows no hover).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def line_chart(title: str, y_title: str, series: list[Series], x_range: tuple[fl
         v = math.log10(y) if log_y else y
         return TOP + ph * (1 - (v - y0) / (y1 - y0))
 
-    out = [f'<svg viewBox="0 0 {W} {H}" width="100%" xmlns="http://www.w3.org/2000/svg" role="img" '
+    out = [f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" xmlns="http://www.w3.org/2000/svg" role="img" '
            f'font-family="sans-serif" font-size="9" data-chart="{escape(title)}">',
            f'<text x="2" y="14" font-size="12" font-weight="bold">{escape(title)}</text>']
     yticks = ([10.0 ** k for k in range(math.ceil(y0 - 1e-9), math.floor(y1 + 1e-9) + 1)] if log_y

@@ -186,3 +186,20 @@ def draw_seven(page) -> None:
     for i in range(1, 31):
         page.mouse.move(x0 + 190 - 2 * i, y0 + 60 + 6 * i)
     page.mouse.up()
+
+
+SVG_URL = "data:image/svg+xml;base64,"
+
+
+def live_svgs(at) -> list[str]:
+    """The SVG charts an AppTest page shows as pictures (a live run's charts), decoded."""
+    import base64
+
+    urls = [img.url for image in at.get("image") for img in image.proto.imgs]
+    return [base64.b64decode(u[len(SVG_URL):]).decode() for u in urls if u.startswith(SVG_URL)]
+
+
+# JavaScript: the page's SVG chart pictures as parsed documents (a live run's charts)
+LIVE_SVGS_JS = """[...document.querySelectorAll('[data-testid="stImage"] img')]
+    .filter(i => i.src.startsWith('data:image/svg+xml;base64,'))
+    .map(i => new DOMParser().parseFromString(atob(i.src.split(',')[1]), 'image/svg+xml').documentElement)"""

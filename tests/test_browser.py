@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import draw_seven, launch_chromium, start_streamlit, stop_server
+from tests.conftest import LIVE_SVGS_JS, draw_seven, launch_chromium, start_streamlit, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -70,9 +70,10 @@ def chart_points(page) -> int:
     """Markers in the Train page's accuracy chart (one per epoch: the test accuracy; the per-step train accuracy
     and the reference behind are lines): an SVG's circles while the run trains, Plotly's points once it has
     ended; 0 before the first epoch."""
-    live = page.locator('svg[data-chart="Accuracy"]')
-    if live.count():
-        return live.first.locator("circle").count()
+    live = page.evaluate(f"() => ({LIVE_SVGS_JS}).filter(s => s.getAttribute('data-chart') === 'Accuracy')"
+                         ".map(s => s.querySelectorAll('circle').length)")
+    if live:
+        return live[0]
     charts = page.locator('[data-testid="stPlotlyChart"]')
     if charts.count() == 0:
         return 0

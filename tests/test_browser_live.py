@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core.runs import RunStore
-from tests.conftest import launch_chromium, make_synthetic_mnist, start_streamlit, stop_server
+from tests.conftest import LIVE_SVGS_JS, launch_chromium, make_synthetic_mnist, start_streamlit, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -57,12 +57,12 @@ def shot(page, name: str) -> None:
 
 def step_line_points(page) -> int:
     """Points of the per-step line in the Train page's accuracy chart (0 when it is not drawn)."""
-    return page.evaluate("""() => {
-        const chart = document.querySelector('svg[data-chart="Accuracy"]');  // live: an SVG
+    return page.evaluate(f"""() => {{
+        const chart = ({LIVE_SVGS_JS}).find(s => s.getAttribute('data-chart') === 'Accuracy');  // live: a picture
         if (!chart) return 0;
         const line = [...chart.querySelectorAll('polyline')].find(l => l.textContent.includes('per step'));
         return line ? line.getAttribute('points').trim().split(/\\s+/).length : 0;
-    }""")
+    }}""")
 
 
 def progress_text(page) -> str:

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.data import FILES
 from core.models import EMA_DECAY
+from tests.conftest import live_svgs
 
 HOME = str(Path(__file__).resolve().parent.parent / "dashboard" / "Home.py")
 PAGES = ["views/Train.py", "views/Compare.py", "views/Draw.py", "views/Inspect.py"]
@@ -368,7 +369,7 @@ def test_train_shows_step_points_before_the_first_epoch_ends(store_url):
     assert not at.exception, at.exception
     assert any("0 epoch(s) recorded" in c.value and "39 step point(s)" in c.value for c in at.caption)
 
-    charts = [m.value for m in at.markdown if m.value.startswith("<svg")]  # while the run trains: SVGs, not Plotly
+    charts = live_svgs(at)  # while the run trains: SVG pictures, not Plotly
     assert [re.search(r'data-chart="([^"]*)"', c).group(1) for c in charts[:3]] == ["Accuracy", "Loss", "Learning rate"]
     assert not at.get("plotly_chart")
     lines = {name: points for points, name in re.findall(r'<polyline points="([^"]*)"[^>]*><title>([^<]*)</title>', charts[0])}

@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import TrainConfig
 from core.runs import RunStore
+from tests.conftest import live_svgs
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = str(ROOT / "dashboard" / "Home.py")
@@ -196,7 +197,7 @@ def test_a_run_that_just_started_shows_the_reference_it_races_before_its_first_p
     at = train_page(run_id)
     assert not at.exception, at.exception
     assert any(c.value.startswith("The first points come") for c in at.caption)
-    acc = next(m.value for m in at.markdown if m.value.startswith("<svg"))  # a live run's charts are SVGs
+    acc = live_svgs(at)[0]  # a live run's charts are SVG pictures
     names = re.findall(r"<title>([^<]*)</title>", acc)
     assert 'data-chart="Accuracy"' in acc and names and all(n.startswith("reference") for n in names)
     store.finish(run_id, "stopped")

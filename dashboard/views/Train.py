@@ -182,8 +182,9 @@ def live_run(run_id: int, every: float | None) -> None:
 
 
 def live_charts(run_id: int) -> None:
-    """The run's charts and layer health, redrawn on their own, slower timer (live.CHART_S) while it is active:
-    re-sending three charts to every tab each second cost the server and the browsers most of a refresh."""
+    """The run's charts and layer health, redrawn on their own, slower timer (live.CHART_S) while it is active,
+    as pictures (SVG) while it trains and as Plotly charts (hover, zoom) once it has ended: re-sending and
+    redrawing three Plotly charts in every tab cost the browsers most of a refresh."""
     try:
         view = live.watch(run_id)
     except StoreError:
@@ -196,8 +197,8 @@ def live_charts(run_id: int) -> None:
         ghost = reference if st.session_state.get("ghost", True) else None
         acc, loss, lr = live.training_charts(view, (ghost[0], ghost[1]["epochs"]) if ghost else None)
         for col, chart, key in zip(st.columns(3), (acc, loss, lr), ("acc", "loss", "lr"), strict=True):
-            if isinstance(chart, str):  # live: an SVG (ours, names escaped; st.html would strip SVG tags)
-                col.markdown(chart, unsafe_allow_html=True)
+            if isinstance(chart, str):  # live: an SVG, shown as a picture (no DOM or React work per redraw)
+                col.image(chart, width="stretch")
             else:
                 col.plotly_chart(chart, key=key)
         st.toggle("Show the reference run (grey, behind)", True, key="ghost",
