@@ -50,8 +50,14 @@ def receptive_field_table(model: nn.Module, input_size: int = 28) -> list[LayerR
         state["jump"] *= s
         full = names[module]
         parent, _, leaf = full.rpartition(".")
+        name = parent if leaf.isdigit() else full  # "convblock1.0" -> "convblock1"
+        if kind == "conv" and k == 1 and rows and rows[-1].kind == "conv" and rows[-1].name == name:
+            # the pointwise half of a depthwise-separable conv: one layer with the depthwise half before it
+            rows[-1].out_shape = tuple(output.shape[1:])
+            rows[-1].params += sum(p.numel() for p in module.parameters())
+            return
         row = LayerRow(
-            name=parent if leaf.isdigit() else full,  # "convblock1.0" -> "convblock1"
+            name=name,
             kind=kind,
             kernel=k,
             stride=s,

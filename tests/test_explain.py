@@ -152,7 +152,7 @@ def _moved_units(model: nn.Module, layers: list[str], x: torch.Tensor) -> dict[s
     return moved
 
 
-@pytest.mark.parametrize("name", ["Model3", "Model1"])
+@pytest.mark.parametrize("name", ["Model3", "Model1", "Sep4k"])
 def test_every_conv_layer_receptive_box_is_the_box_of_pixels_that_move_the_unit(name):
     model = load_reference_model(name)
     layers = [r.name for r in receptive_field_table(model) if r.kind == "conv"]

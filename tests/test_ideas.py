@@ -28,7 +28,7 @@ def setting(rows: list[dict], name: str) -> tuple:
 
 def test_steps_follow_the_registry():
     assert steps() == list(zip(list(MODELS), list(MODELS)[1:], strict=False))
-    assert steps()[0] == ("Model1", "Model2") and steps()[-1] == ("Model3", "Tiny4k")
+    assert steps()[0] == ("Model1", "Model2") and steps()[-1] == ("Tiny4k", "Sep4k")
     assert set(IDEAS) == {after for _, after in steps()}
 
 
@@ -73,6 +73,13 @@ def test_model3_to_tiny4k_thins_the_middle_convs():
     diff = step_diff("Model3", "Tiny4k")
     assert changed(diff, "conv widths") == ("8, 12, 8, 12, 12, 12, 12", "8, 12, 8, 10, 10, 10, 12")
     assert diff["parameters"]["after"] == 4_892 < diff["parameters"]["before"]
+
+
+def test_tiny4k_to_sep4k_makes_the_convs_after_the_pool_separable_and_wider():
+    diff = step_diff("Tiny4k", "Sep4k")
+    assert changed(diff, "conv widths") == ("8, 12, 8, 10, 10, 10, 12", "8, 12, 8, 26, 26, 26, 26")
+    assert changed(diff, "depthwise-separable convs") == (0, 4)
+    assert diff["parameters"]["after"] == 4_566 < diff["parameters"]["before"]
 
 
 def test_a_non_step_is_refused():

@@ -33,6 +33,18 @@ def test_parameter_budgets():
     for name in ("Model2", "Model2b", "Model2c", "Model3"):
         assert params[name] < 8_000, (name, params[name])
     assert params["Tiny4k"] < 5_000
+    assert params["Sep4k"] < params["Tiny4k"]  # wider after the pool, in fewer parameters
+
+
+def test_a_separable_block_is_a_depthwise_then_a_pointwise_conv():
+    model = build_model("Sep4k")
+    dw, pw = model.convblock5[0], model.convblock5[1]
+    assert (dw.groups, dw.in_channels, dw.out_channels, dw.kernel_size) == (26, 26, 26, (3, 3))
+    assert (pw.groups, pw.kernel_size, pw.out_channels) == (1, (1, 1), 26)
+    assert model.convblock2[0].groups == 1  # before the pool: full convs, as Tiny4k's
+    # one layer in the receptive-field table: the pointwise half adds no field and its parameters join the row
+    rows = {r.name: r for r in receptive_field_table(model)}
+    assert (rows["convblock5"].out_shape, rows["convblock5"].rf, rows["convblock5"].params) == ((26, 8, 8), 14, 9 * 26 + 26 * 26 + 52)
 
 
 def test_model3_receptive_field_matches_seed_table():

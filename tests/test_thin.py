@@ -28,6 +28,11 @@ def test_thin_plan_trains_and_reports_params_and_last_epochs(synthetic_root, cap
     assert len(out[-1].split(" epochs ")[1].split(" / ")) == 3
 
 
+def test_a_separable_plan_with_sep4k_widths_is_sep4ks_net(synthetic_root, capsys):
+    assert main(["8,12,8,26,26,26,26", "--separable", "--epochs", "1", "--data", str(synthetic_root)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("SmallNet_sep_8_12_8_26_26_26_26: 4,566 params")
+
+
 def test_widths_are_checked():
     with pytest.raises(ValueError, match="seven positive widths"):
         register_widths((8, 8, 8))
