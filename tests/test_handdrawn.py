@@ -1,4 +1,4 @@
-"""Digits drawn the way people draw on the Draw page, read by the shipped Model3 and Tiny4k through core.predict.
+"""Digits drawn the way people draw on the Draw page, read by the shipped Model3, Tiny4k and Sep4k through core.predict.
 
 Sixteen hand-made digit shapes (polylines, some in several strokes: a 5 with its bar apart, a 4 in two
 strokes, 7s with whole and split crossbars) drawn with round brushes from hairline to fat, small and
@@ -51,7 +51,7 @@ def draw(strokes, size: int, top: int, left: int, brush: int) -> np.ndarray:
     return np.where(near <= brush / 2, 255, 0).astype(np.uint8)
 
 
-@pytest.fixture(scope="module", params=["Model3", "Tiny4k"])
+@pytest.fixture(scope="module", params=["Model3", "Tiny4k", "Sep4k"])
 def model(request):
     if request.param not in reference_names():
         pytest.skip(f"the shipped {request.param} reference is missing")
