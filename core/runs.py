@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -505,16 +506,15 @@ class RunStore:
             self.reconcile()
 
     def delete_run(self, run_id: int) -> None:
+        """Delete a run's rows and its checkpoint folder (found by its uid, so read before the row goes)."""
+        d = self.run_dir(run_id) if self.folder else None
         with self._tx() as c:
             for t in (epochs_table, steps_table, layer_health_table, activations_table, checkpoints_table):
                 c.execute(t.delete().where(t.c.run_id == run_id))
             c.execute(runs_table.delete().where(runs_table.c.id == run_id))
-        if self.folder:
-            d = self.run_dir(run_id)
-            for f in d.glob("*") if d.is_dir() else ():
-                f.unlink()
-            if d.is_dir():
-                d.rmdir()
+        self._uids.pop(run_id, None)
+        if d is not None and d.is_dir() and d.parent == self.folder:
+            shutil.rmtree(d)
 
     # ---- a lab for a class (issue 17): owners and a user's share of the queue ---------------------
     def active_count(self, owner: str, up_to: int | None = None) -> int:

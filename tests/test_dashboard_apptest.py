@@ -402,6 +402,35 @@ def test_resume_on_an_interrupted_run_launches_it_and_it_finishes(store_url):
     assert [e["epoch"] for e in store.epochs(run_id)] == [1, 2] and run.id == run_id
 
 
+def test_delete_removes_an_ended_run_after_a_second_click_and_the_page_moves_on(store_url):
+    from core.config import TrainConfig
+    from core.runs import RunStore
+
+    store = RunStore(store_url)
+    kept = store.create_run(TrainConfig(model="Model3", epochs=2))
+    store.finish(kept, "finished")
+    gone = store.create_run(TrainConfig(model="Tiny4k", epochs=3), label="a mistake")
+    store.finish(gone, "stopped")
+    active = store.create_run(TrainConfig(model="Model2", epochs=3))  # queued: no Delete until it ends
+    folder = store.run_dir(gone)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.log").write_text("epoch 1\n")
+    at = AppTest.from_file(HOME, default_timeout=60)
+    at.query_params["run"] = str(active)
+    at.run()
+    at.switch_page("views/Train.py").run()
+    assert not any(b.key == f"delete-{active}" for b in at.button)
+    at.query_params["run"] = str(gone)
+    at.run()
+    assert store.get(gone).label == "a mistake"  # the popover's button is the second click: nothing gone yet
+    at.button(key=f"delete-{gone}").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert [r.id for r in store.list_runs()] == [active, kept] and not folder.exists()
+    assert at.query_params.get("run") in (None, [])  # the page no longer names the deleted run
+    assert not any(f"Run {gone}:" in h.value for h in at.subheader)
+    store.finish(active, "stopped")
+
+
 def test_new_run_with_these_settings_fills_the_form(store_url):
     from core.config import TrainConfig
     from core.runs import RunStore

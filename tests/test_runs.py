@@ -101,6 +101,21 @@ def test_checkpoint_round_trip_is_atomic_and_weights_only(store_url):
             assert c.execute(sa.text("select count(*) from checkpoints")).scalar() == 1
 
 
+def test_a_delete_from_another_store_object_removes_the_runs_rows_and_folder(store_url):
+    """A page's store never saw the run's uid: the folder is found before the row goes, not left behind."""
+    trainer_side = RunStore(store_url)
+    rid, other = trainer_side.create_run(TrainConfig()), trainer_side.create_run(TrainConfig())
+    trainer_side.add_epoch(rid, epoch(1))
+    trainer_side.save_checkpoint(rid, "last", {"model": {"w": torch.zeros(2)}})
+    trainer_side.save_checkpoint(other, "last", {"model": {"w": torch.ones(2)}})
+    page_side = RunStore(store_url)
+    page_side.delete_run(rid)
+    assert [r.id for r in page_side.list_runs()] == [other] and page_side.epochs(rid) == []
+    if page_side.is_sqlite:
+        assert not trainer_side.run_dir(rid).exists() and trainer_side.run_dir(other).is_dir()
+    assert torch.equal(page_side.load_checkpoint(other, "last")["model"]["w"], torch.ones(2))
+
+
 def test_runs_with_a_checkpoint_in_one_call(store_url):
     store = RunStore(store_url)
     assert store.runs_with_checkpoint("best") == set()

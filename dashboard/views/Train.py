@@ -12,7 +12,7 @@ from core import estimate
 from core.config import OPTIMIZERS, SCHEDULERS, ConfigError, recipe
 from core.data import DataError
 from core.identity import NotAllowed, may_change
-from core.launch import never_started, resume_run, start_run, stop_run
+from core.launch import delete_run, never_started, resume_run, start_run, stop_run
 from core.models import MODELS
 from core.ray_exec import RayError
 from core.reference import reference_for
@@ -104,6 +104,15 @@ def copy_settings(run) -> None:
     st.session_state.preset = f"run {run.id}'s"
 
 
+def forget_run(run_id: int) -> None:
+    """After a delete: the page shows another run (the URL and this session no longer name this one)."""
+    live.shared.forget(lab.store(), run_id)
+    if st.query_params.get("run") == str(run_id):
+        del st.query_params["run"]
+    st.session_state.pop("train-run", None)
+    st.toast(f"Run {run_id} deleted.")
+
+
 def chosen_run_id() -> int | None:
     """The run in the URL, else the one this page showed last, else the newest active run, else the newest run
     (with identity on: of the user's own runs)."""
@@ -148,8 +157,8 @@ def live_run(run_id: int, every: float | None) -> None:
         st.error(f"The run {run.status}: {run.error}")
     elif run.status == "stopped":
         st.warning("Stopped on request; the finished epochs and checkpoints are kept.")
-    b1, b2 = st.columns(2)
-    mine = may_change(user, run.owner)  # Stop and Resume only for its owner or a teacher; core checks again
+    b1, b2, b3 = st.columns([1, 2, 1])
+    mine = may_change(user, run.owner)  # Stop, Resume and Delete only for its owner or a teacher; core checks again
     if run.active and not never_started(run):
         if run.stop_requested:
             b1.caption("Stopping after the current batch...")
@@ -172,6 +181,17 @@ def live_run(run_id: int, every: float | None) -> None:
                 st.rerun(scope="app")
     if b2.button("New run with these settings", key=f"copy-{run.id}", on_click=copy_settings, args=(run,)):
         st.rerun(scope="app")  # the form lives outside this fragment
+    if not run.active and mine:
+        with b3.popover("Delete", help="remove this run: its epochs, charts and checkpoints"):
+            st.caption(f"Run {run.id}'s epochs, charts and checkpoints go for good.")
+            if st.button(f"Delete run {run.id}", type="primary", key=f"delete-{run.id}"):
+                try:
+                    delete_run(lab.store(), run.id, user)
+                except (StoreError, NotAllowed) as e:
+                    st.error(str(e))
+                else:
+                    forget_run(run.id)
+                    st.rerun(scope="app")
     rows, best = view.epochs, view.best_test_acc
     st.caption(f"{len(rows)} epoch(s) recorded" + (f" · best test {best:.2f}%" if best is not None else "")
                + (f" · {len(view.steps)} step point(s)" if view.steps else ""))
