@@ -58,7 +58,8 @@ def line_chart(title: str, y_title: str, series: list[Series], x_range: tuple[fl
               and math.isfinite(y) and (y > 0 or not log_y)]
         vals = [math.log10(y) for y in ys] if log_y else ys
         lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
-        pad = max(0.05 if log_y else 1e-6, 0.05 * (hi - lo))
+        # a flat line (one point, a constant) still gets an axis of round numbers around it
+        pad = max(0.05 if log_y else 0.01 * max(abs(lo), abs(hi), 1.0), 0.05 * (hi - lo))
         y_range = (lo - pad, hi + pad)
     y0, y1 = y_range
     if y1 <= y0:

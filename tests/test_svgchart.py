@@ -71,3 +71,10 @@ def test_names_are_escaped():
     root = ET.fromstring(svgchart.line_chart("a < b", "y", [s], (0, 1), 1))
     assert root.get("data-chart") == "a < b"
     assert [c.find("s:title", NS).text for c in root.iter(SVG + "circle")] == ["<i>", "&"]
+
+
+def test_a_flat_line_gets_a_readable_axis():
+    for value in (99.0, 0.0, 2.5e-3):
+        svg = svgchart.line_chart("T", "y", [svgchart.Series("x", (0.0, 1.0), (value, value), "#000")], (0, 1), 1)
+        labels = re.findall(r'text-anchor="end" fill="#555">([^<]*)</text>', svg)
+        assert 2 <= len(labels) <= 8 and all(len(label) <= 6 for label in labels), labels
