@@ -249,24 +249,33 @@ def active_runs(current: int | None) -> None:
     if not entries:
         return
 
-    def describe(e: estimate.QueueEntry) -> str:
-        head = (f"run {e.run.id}: {e.run.model}" + (f" {e.run.label}" if e.run.label else "")
+    def name(e: estimate.QueueEntry) -> str:
+        return (f"run {e.run.id}: {e.run.model}" + (f" {e.run.label}" if e.run.label else "")
                 + (f" · {e.run.owner}" if user is not None and e.run.owner else ""))
-        if e.position is None:
-            return f"{head} · training · ends in {estimate.describe(e.ends_in)}"
-        return (f"{head} · queued #{e.position} · starts in {estimate.describe(e.starts_in)} "
-                f"(~{estimate.clock(e.starts_in)})")
 
-    labels = {e.run.id: describe(e) for e in entries}
+    def when(e: estimate.QueueEntry) -> str:
+        if e.position is None:
+            return f"run {e.run.id} training, ends in {estimate.describe(e.ends_in)}"
+        return f"run {e.run.id} queued #{e.position}, starts in {estimate.describe(e.starts_in)} (~{estimate.clock(e.starts_in)})"
+
+    # the options' labels stay the same while the estimates move: a selectbox sends back the label it showed,
+    # and a label no longer among the options came back as that text instead of a run id
+    labels = {e.run.id: name(e) for e in entries}
     ids = list(labels)
     st.session_state["active-runs"] = current if current in ids else None  # shows the run on display
     st.selectbox("Training and queued on this machine", ids, format_func=labels.get, key="active-runs",
                  placeholder="choose a run to watch", on_change=watch_picked)
+    shown = [when(e) for e in entries[:QUEUE_SHOWN]]
+    more = f"; {len(entries) - QUEUE_SHOWN} more" if len(entries) > QUEUE_SHOWN else ""
+    st.caption("; ".join(shown) + more)
+
+
+QUEUE_SHOWN = 5  # runs whose estimates the queue's caption spells out
 
 
 def watch_picked() -> None:
     picked = st.session_state.get("active-runs")
-    if picked is not None:
+    if isinstance(picked, int):  # a run id (never a label the selectbox could not match)
         st.query_params["run"] = str(picked)
         st.session_state["train-run"] = picked
 
