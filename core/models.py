@@ -22,7 +22,7 @@ def conv_block(cin: int, cout: int, k: int = 3, bn: bool = True, dropout: float 
                separable: bool = False) -> nn.Sequential:
     """Conv (no bias when BN follows) -> ReLU -> BN -> Dropout, the seed's block order. separable: the conv is
     depthwise-separable, a kxk conv of each channel alone then a 1x1 conv across channels (k*k*cin + cin*cout
-    weights instead of k*k*cin*cout; a ReLU and BN between the two did not help, README)."""
+    weights instead of k*k*cin*cout; a ReLU and BN between the two did not help: issue 16's notes)."""
     # inplace ReLU: the conv output is not needed by its backward, so this saves one allocation per block.
     layers: list[nn.Module] = []
     if separable and k > 1:
