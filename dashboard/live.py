@@ -127,15 +127,6 @@ def chart_series(view: RunView, step_key: str, epoch_key: str | None,
     return out
 
 
-def log_range(series: list[svgchart.Series], shown: float) -> tuple[float, float]:
-    """A log axis's range (log10 values) over the points up to epoch `shown`, padded so that a constant lr is
-    not drawn on the plot's edge."""
-    ys = [y for s in series for x, y in zip(s.xs, s.ys, strict=True) if x <= shown and y and y > 0]
-    lo, hi = (math.log10(min(ys)), math.log10(max(ys))) if ys else (-3.0, -1.0)
-    pad = max(0.05, 0.1 * (hi - lo))
-    return lo - pad, hi + pad
-
-
 def _chart(title: str, y_title: str, view: RunView, step_key: str, epoch_key: str | None,
            ghost: tuple[str, list[dict]] | None, log_y: bool = False) -> go.Figure:
     """A training chart as Plotly draws it (hover, zoom): for a run that has ended."""
@@ -149,7 +140,7 @@ def _chart(title: str, y_title: str, view: RunView, step_key: str, epoch_key: st
                       margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
     fig.update_xaxes(range=[0, shown], tickmode="linear", tick0=0, dtick=max(1, -(-shown // 5)))
     if log_y:
-        fig.update_yaxes(type="log", exponentformat="power", range=list(log_range(series, shown)))
+        fig.update_yaxes(type="log", exponentformat="power", range=list(svgchart.log_range(series, shown)))
     return fig
 
 
@@ -158,8 +149,7 @@ def _svg(title: str, y_title: str, view: RunView, step_key: str, epoch_key: str 
     """The same chart as a light SVG: for a run that trains (every watching tab redraws it)."""
     series = chart_series(view, step_key, epoch_key, ghost)
     shown = epochs_shown(view)
-    return svgchart.line_chart(title, y_title, series, (0, shown), max(1, -(-shown // 5)),
-                               log_range(series, shown) if log_y else None, log_y)
+    return svgchart.line_chart(title, y_title, series, (0, shown), max(1, -(-shown // 5)), log_y=log_y)
 
 
 def epochs_shown(view: RunView) -> int:

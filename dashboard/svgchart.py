@@ -42,6 +42,20 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
+def drawable(y: float | None, log_y: bool = False) -> bool:
+    """Whether a value has a place on the axis (a number, finite, and above 0 on a log axis)."""
+    return y is not None and math.isfinite(y) and (y > 0 or not log_y)
+
+
+def log_range(series: list[Series], x_max: float) -> tuple[float, float]:
+    """A log axis's range (log10 values) over the points up to x_max, padded so that a constant (an lr held
+    flat) is not drawn on the plot's edge."""
+    ys = [y for s in series for x, y in zip(s.xs, s.ys, strict=True) if x <= x_max and drawable(y, True)]
+    lo, hi = (math.log10(min(ys)), math.log10(max(ys))) if ys else (-3.0, -1.0)
+    pad = max(0.05, 0.1 * (hi - lo))
+    return lo - pad, hi + pad
+
+
 def _label(v: float, log_y: bool) -> str:
     if log_y:
         return "10" + str(round(math.log10(v))).translate(SUPERSCRIPT)
@@ -53,13 +67,13 @@ def line_chart(title: str, y_title: str, series: list[Series], x_range: tuple[fl
     """An SVG chart of `series` over x_range (ticks every x_step) and y_range (default: the data's range,
     padded; with log_y a range of log10 values, as Plotly takes it)."""
     x0, x1 = x_range
-    if y_range is None:
-        ys = [y for s in series for x, y in zip(s.xs, s.ys, strict=True) if x0 <= x <= x1 and y is not None
-              and math.isfinite(y) and (y > 0 or not log_y)]
-        vals = [math.log10(y) for y in ys] if log_y else ys
-        lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+    if y_range is None and log_y:
+        y_range = log_range(series, x1)
+    elif y_range is None:
+        ys = [y for s in series for x, y in zip(s.xs, s.ys, strict=True) if x0 <= x <= x1 and drawable(y)]
+        lo, hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
         # a flat line (one point, a constant) still gets an axis of round numbers around it
-        pad = max(0.05 if log_y else 0.01 * max(abs(lo), abs(hi), 1.0), 0.05 * (hi - lo))
+        pad = max(0.01 * max(abs(lo), abs(hi), 1.0), 0.05 * (hi - lo))
         y_range = (lo - pad, hi + pad)
     y0, y1 = y_range
     if y1 <= y0:
@@ -92,12 +106,10 @@ def line_chart(title: str, y_title: str, series: list[Series], x_range: tuple[fl
                f'<text x="{LEFT + pw / 2:.1f}" y="{TOP + ph + 25}" text-anchor="middle" fill="#555">epoch</text>'
                f'<text transform="translate(9 {TOP + ph / 2:.1f}) rotate(-90)" text-anchor="middle" fill="#555">'
                f'{escape(y_title)}</text>')
-    clip = "clip-" + "".join(c for c in title.lower() if c.isalnum())  # ids are page-wide: one per chart
-    out.append(f'<clipPath id="{clip}"><rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}"/></clipPath>'
-               f'<g clip-path="url(#{clip})">')
+    out.append(f'<clipPath id="plot"><rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}"/></clipPath>'
+               '<g clip-path="url(#plot)">')  # each chart is its own picture: the id need not be page-wide
     for s in series:
-        pts = [(px(x), py(y)) for x, y in zip(s.xs, s.ys, strict=True)
-               if y is not None and math.isfinite(y) and (y > 0 or not log_y)]
+        pts = [(px(x), py(y)) for x, y in zip(s.xs, s.ys, strict=True) if drawable(y, log_y)]
         if len(pts) > 1:
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
             out.append(f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="1.4" '

@@ -200,6 +200,6 @@ def live_svgs(at) -> list[str]:
 
 
 # JavaScript: the page's SVG chart pictures as parsed documents (a live run's charts)
-LIVE_SVGS_JS = """[...document.querySelectorAll('[data-testid="stImage"] img')]
-    .filter(i => i.src.startsWith('data:image/svg+xml;base64,'))
+LIVE_SVGS_JS = f"""[...document.querySelectorAll('[data-testid="stImage"] img')]
+    .filter(i => i.src.startsWith('{SVG_URL}'))
     .map(i => new DOMParser().parseFromString(atob(i.src.split(',')[1]), 'image/svg+xml').documentElement)"""

@@ -23,6 +23,7 @@ HOME = str(ROOT / "dashboard" / "Home.py")
 sys.path.insert(0, str(ROOT / "dashboard"))
 
 import live  # noqa: E402
+import svgchart  # noqa: E402
 
 
 @pytest.fixture
@@ -180,7 +181,7 @@ def test_a_training_runs_charts_span_the_epochs_reached_and_one_more(store):
     assert live.epochs_shown(view) == 2
     acc, _, lr = live.training_charts(view)  # live: SVGs
     assert re.findall(r'text-anchor="middle" fill="#555">([\d.]+)</text>', acc) == ["0", "1", "2"]  # the x axis
-    low, high = live.log_range(live.chart_series(view, "lr", None, None), 2)
+    low, high = svgchart.log_range(live.chart_series(view, "lr", None, None), 2)
     assert low < -2 < high and ">10⁻²<" in lr  # a constant lr sits inside the plot, not on its edge
     for n in range(1, 5):
         store.add_epoch(run_id, epoch(n, 95.0 + n / 10))
