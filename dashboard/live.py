@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import lab
 import plotly.graph_objects as go
+import push
 import streamlit as st
 import svgchart
 
@@ -100,6 +101,21 @@ shared = SharedReads()
 def watch(run_id: int) -> RunView:
     """The run as every session sees it now (raises StoreError when there is no such run)."""
     return shared.view(lab.store(), run_id)
+
+
+pusher = push.Pusher()
+
+
+def moved(view: RunView) -> tuple:
+    """What a run's status line shows that should reach its tabs at once: its epochs recorded and its status."""
+    return len(view.epochs), view.run.status
+
+
+def push_when_moved(view: RunView) -> None:
+    """From a fragment drawing `view`: rerun it as soon as the run records an epoch or changes status (push.Pusher),
+    not only on its timer."""
+    store, run_id = lab.store(), view.run.id
+    pusher.watch((store.url, run_id), moved(view), lambda: moved(shared.view(store, run_id)))
 
 
 GHOST = "rgba(120,120,120,0.45)"

@@ -131,20 +131,20 @@ def chosen_run_id() -> int | None:
 
 
 def live_run(run_id: int, every: float | None) -> None:
-    """Where the run is (status, progress, epochs recorded) and its buttons, redrawn every `every` seconds while
-    it is active (None: drawn once). All sessions share one read of the store (live.watch); nothing here trains."""
+    """Where the run is (status, progress, epochs recorded), redrawn every `every` seconds while it is active
+    (None: drawn once). Only what moves is in here: each watching tab redraws it every second. All sessions
+    share one read of the store (live.watch); nothing here trains."""
     try:
         view = live.watch(run_id)
     except StoreError as e:
         st.error(str(e))
         return
     run = view.run
-    user = lab.current_user()
-    st.subheader(f"Run {run.id}: {run.model}" + (f" · {run.label}" if run.label else "")
-                 + (f" · {run.owner}'s" if user is not None and run.owner else ""))
     done = f"epoch {run.epoch}/{run.config.epochs}"
     if run.active and run.batches_per_epoch:
         done += f", batch {run.batch}/{run.batches_per_epoch}"
+    if run.active and run.stop_requested:
+        done += " · stopping after the current batch"
     st.progress(run.progress, text=f"{run.status} · {done}")
     if never_started(run):
         st.error("The training process ended before it started; its output is in the run's train.log.")
@@ -157,8 +157,24 @@ def live_run(run_id: int, every: float | None) -> None:
         st.error(f"The run {run.status}: {run.error}")
     elif run.status == "stopped":
         st.warning("Stopped on request; the finished epochs and checkpoints are kept.")
+    rows, best = view.epochs, view.best_test_acc
+    st.caption(f"{len(rows)} epoch(s) recorded" + (f" · best test {best:.2f}%" if best is not None else "")
+               + (f" · {len(view.steps)} step point(s)" if view.steps else ""))
+    if every and run.active:
+        live.push_when_moved(view)  # a new epoch or the run's end reaches this tab at once, not on its next tick
+    if every and not run.active:  # the run ended: after one more refresh showing how (and its last epoch), the
+        if st.session_state.get("ended") == run.id:  # whole page reruns (its buttons, the model pickers elsewhere)
+            st.rerun(scope="app")
+        st.session_state["ended"] = run.id
+
+
+def run_controls(run) -> None:
+    """Stop, Resume, New run with these settings and Delete: drawn with the page, not on a timer (the page reruns
+    when they are pressed and when the run ends). Stop, Resume and Delete only for the run's owner or a teacher;
+    core checks again."""
+    user = lab.current_user()
     b1, b2, b3 = st.columns([1, 2, 1])
-    mine = may_change(user, run.owner)  # Stop, Resume and Delete only for its owner or a teacher; core checks again
+    mine = may_change(user, run.owner)
     if run.active and not never_started(run):
         if run.stop_requested:
             b1.caption("Stopping after the current batch...")
@@ -169,6 +185,9 @@ def live_run(run_id: int, every: float | None) -> None:
                 stop_run(lab.store(), run.id, user)
             except NotAllowed as e:
                 st.error(str(e))
+            else:
+                live.shared.forget(lab.store(), run.id)
+                st.rerun(scope="app")
     elif run.status in ("stopped", "interrupted", "failed") and run.epoch < run.config.epochs and mine:
         if b1.button("Resume", key=f"resume-{run.id}", help="continue from its last checkpoint, same run id"):
             try:
@@ -179,8 +198,7 @@ def live_run(run_id: int, every: float | None) -> None:
                 lab.remember_my_run(run.id)
                 live.shared.forget(lab.store(), run.id)
                 st.rerun(scope="app")
-    if b2.button("New run with these settings", key=f"copy-{run.id}", on_click=copy_settings, args=(run,)):
-        st.rerun(scope="app")  # the form lives outside this fragment
+    b2.button("New run with these settings", key=f"copy-{run.id}", on_click=copy_settings, args=(run,))
     if not run.active and mine:
         with b3.popover("Delete", help="remove this run: its epochs, charts and checkpoints"):
             st.caption(f"Run {run.id}'s epochs, charts and checkpoints go for good.")
@@ -192,47 +210,62 @@ def live_run(run_id: int, every: float | None) -> None:
                 else:
                     forget_run(run.id)
                     st.rerun(scope="app")
-    rows, best = view.epochs, view.best_test_acc
-    st.caption(f"{len(rows)} epoch(s) recorded" + (f" · best test {best:.2f}%" if best is not None else "")
-               + (f" · {len(view.steps)} step point(s)" if view.steps else ""))
-    if every and not run.active:  # the run ended: after one more refresh showing how (and its last epoch), the
-        if st.session_state.get("ended") == run.id:  # whole page reruns (the model pickers elsewhere too)
-            st.rerun(scope="app")
-        st.session_state["ended"] = run.id
 
 
-def live_charts(run_id: int) -> None:
-    """The run's charts and layer health, redrawn on their own, slower timer (live.CHART_S) while it is active,
-    as pictures (SVG) while it trains and as Plotly charts (hover, zoom) once it has ended: re-sending and
-    redrawing three Plotly charts in every tab cost the browsers most of a refresh."""
+def live_charts(run_id: int, ghost: tuple | None) -> None:
+    """The run's three training charts, redrawn on their own, slower timer (live.CHART_S) while it is active, as
+    pictures (SVG) while it trains and as Plotly charts (hover, zoom) once it has ended: re-sending and redrawing
+    three Plotly charts in every tab cost the browsers most of a refresh. `ghost`: the reference run drawn behind."""
     try:
         view = live.watch(run_id)
     except StoreError:
         return  # live_run says so
-    run, rows = view.run, view.epochs
-    reference = reference_for(run.config)
-    if rows or view.steps or reference:  # the reference from the first second: what this run is measured against
-        if run.active and not view.steps:
-            st.caption("The first points come a few seconds after the training process starts (it loads MNIST first).")
-        ghost = reference if st.session_state.get("ghost", True) else None
-        acc, loss, lr = live.training_charts(view, (ghost[0], ghost[1]["epochs"]) if ghost else None)
-        for col, chart, key in zip(st.columns(3), (acc, loss, lr), ("acc", "loss", "lr"), strict=True):
-            if isinstance(chart, str):  # live: an SVG, shown as a picture (no DOM or React work per redraw)
-                col.image(chart, width="stretch")
-            else:
-                col.plotly_chart(chart, key=key)
+    if view.run.active and not view.steps:
+        st.caption("The first points come a few seconds after the training process starts (it loads MNIST first).")
+    acc, loss, lr = live.training_charts(view, (ghost[0], ghost[1]["epochs"]) if ghost else None)
+    for col, chart, key in zip(st.columns(3), (acc, loss, lr), ("acc", "loss", "lr"), strict=True):
+        if isinstance(chart, str):  # live: an SVG, shown as a picture (no DOM or React work per redraw)
+            col.image(chart, width="stretch")
+        else:
+            col.plotly_chart(chart, key=key)
+
+
+def layer_health(run_id: int) -> None:
+    """Layer health charts, read from the store when drawn (on the charts' timer while the run is active)."""
+    ratio, dead, hist = live.health_charts(lab.store(), run_id)
+    if ratio is None and dead is None:
+        st.caption("Nothing recorded yet: the training process measures a step every few seconds.")
+    for fig, key in ((ratio, "ratio"), (dead, "dead"), (hist, "hist")):
+        if fig is not None:
+            st.plotly_chart(fig, key=f"health-{key}")
+
+
+def watched_run(run_id: int) -> None:
+    """A run's page: its title, the status line (every second while active), its buttons, its charts (every few
+    seconds while active) and, drawn with the page, the chart options, layer health and config."""
+    try:
+        run = live.watch(run_id).run
+    except StoreError as e:
+        st.error(str(e))
+        return
+    user = lab.current_user()
+    st.subheader(f"Run {run.id}: {run.model}" + (f" · {run.label}" if run.label else "")
+                 + (f" · {run.owner}'s" if user is not None and run.owner else ""))
+    every = live.REFRESH_S if run.active else None  # redrawn on timers while queued or training
+    if run.active:
+        st.session_state.pop("ended", None)
+    st.fragment(live_run, run_every=every)(run_id, every)
+    run_controls(run)
+    reference = reference_for(run.config)  # what this run is measured against, from the first second
+    ghost = reference if reference and st.session_state.get("ghost", True) else None
+    st.fragment(live_charts, run_every=live.CHART_S if run.active else None)(run_id, ghost)
+    if reference:
         st.toggle("Show the reference run (grey, behind)", True, key="ghost",
                   help="the shipped run of the same variant, under the same recipe where one ships")
         if ghost:
             st.caption(f"Grey, behind: {ghost[0]}, the shipped run this one is measured against.")
-    if st.toggle("Layer health", False, key=f"health-{run.id}",
-                 help="is every layer learning? read from the store when shown"):
-        ratio, dead, hist = live.health_charts(lab.store(), run.id)
-        if ratio is None and dead is None:
-            st.caption("Nothing recorded yet: the training process measures a step every few seconds.")
-        for fig, key in ((ratio, "ratio"), (dead, "dead"), (hist, "hist")):
-            if fig is not None:
-                st.plotly_chart(fig, key=f"health-{key}")
+    if st.toggle("Layer health", False, key=f"health-{run.id}", help="is every layer learning? read from the store when shown"):
+        st.fragment(layer_health, run_every=live.CHART_S if run.active else None)(run_id)
     with st.expander("Config"):
         st.json(run.config.to_json())
 
@@ -294,16 +327,7 @@ def main() -> None:
         if run_id is None:
             st.info("No run yet: choose a variant and press Start.")
             return
-        try:
-            active = live.watch(run_id).run.active
-        except StoreError:
-            active = False
-        # redrawn on timers while the run is queued or training: where it is every second, its charts less often
-        every = live.REFRESH_S if active else None
-        if active:
-            st.session_state.pop("ended", None)
-        st.fragment(live_run, run_every=every)(run_id, every)
-        st.fragment(live_charts, run_every=live.CHART_S if active else None)(run_id)
+        watched_run(run_id)
 
 
 main()
