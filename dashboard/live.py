@@ -3,7 +3,8 @@
 A class with 20 tabs on one run must not mean 20 store reads and 60 rebuilt charts a second: a run and
 its epochs are read together at most once per READ_TTL seconds for all sessions, a run's charts are built
 once per new data for all sessions (then only serialised for each), and each tab re-sends its charts every
-CHART_S seconds while the line that says where the run is refreshes every REFRESH_S.
+CHART_S seconds while the line that says where the run is refreshes every REFRESH_S (slower as more sessions
+watch: a new epoch and the run's end are pushed to the watching tabs at once, push.Pusher).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ STEP_POINTS = 600  # step points a live chart draws at most (the store thins lon
 READ_TTL = 0.3  # seconds one read of a run serves every session (adds at most this to a new epoch's lag)
 RECONCILE_S = 5.0  # seconds between checks for runs whose training process died (marks them interrupted)
 REFRESH_S = 1.0  # seconds between refreshes of a live run's status line (progress, epochs recorded)
+SESSIONS_PER_REFRESH = 20  # with epochs pushed, the status line's own refresh slows by REFRESH_S per this many watchers
+MAX_REFRESH_S = 5.0
 CHART_S = 3.0  # seconds between refreshes of its charts (three Plotly specs per tab: the costly part to send and draw)
 
 
@@ -104,6 +107,20 @@ def watch(run_id: int) -> RunView:
 
 
 pusher = push.Pusher()
+
+
+def refresh_interval(watchers: int, pushed: bool) -> float:
+    """Seconds between a live status line's own refreshes when `watchers` sessions watch live runs on this server:
+    REFRESH_S, longer as more watch (up to MAX_REFRESH_S) when new epochs and status changes are `pushed` to them
+    at once (then the timer only moves the progress bar); REFRESH_S whatever the load when they are not."""
+    if not pushed:
+        return REFRESH_S
+    return min(MAX_REFRESH_S, REFRESH_S * (1 + watchers // SESSIONS_PER_REFRESH))
+
+
+def status_interval() -> float:
+    """The status line's refresh interval for a page drawn now (refresh_interval on this server's watchers)."""
+    return refresh_interval(pusher.watching(), pusher.available)
 
 
 def moved(view: RunView) -> tuple:

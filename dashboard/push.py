@@ -98,6 +98,11 @@ class Pusher:
                 self._thread = threading.Thread(target=self._loop, name="live-push", daemon=True)
                 self._thread.start()
 
+    def watching(self) -> int:
+        """Sessions watching a live run on this server now."""
+        with self._lock:
+            return sum(len(w) for w in self._watchers.values())
+
     def _loop(self) -> None:
         while self.available:
             time.sleep(self.poll_s)

@@ -251,7 +251,7 @@ def watched_run(run_id: int) -> None:
     user = lab.current_user()
     st.subheader(f"Run {run.id}: {run.model}" + (f" · {run.label}" if run.label else "")
                  + (f" · {run.owner}'s" if user is not None and run.owner else ""))
-    every = live.REFRESH_S if run.active else None  # redrawn on timers while queued or training
+    every = live.status_interval() if run.active else None  # redrawn on timers while queued or training
     if run.active:
         st.session_state.pop("ended", None)
     st.fragment(live_run, run_every=every)(run_id, every)
