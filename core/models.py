@@ -120,11 +120,11 @@ class Tiny4k(SmallNet):
 
 
 class Sep4k(SmallNet):
-    """Ours: the same plan with depthwise-separable convs after the pool, so they can be wider (26 channels)
-    in fewer parameters than Tiny4k (4,566)."""
+    """Ours: the same plan with depthwise-separable convs after the pool, so they can be wider (26 channels),
+    and conv2 at 16 channels, in Tiny4k's budget (4,894 parameters against 4,892)."""
 
     def __init__(self, dropout: float = 0.0):
-        super().__init__(channels=(8, 12, 8, 26, 26, 26, 26), bn=True, dropout=dropout, head="gap", separable=True)
+        super().__init__(channels=(8, 16, 8, 26, 26, 26, 26), bn=True, dropout=dropout, head="gap", separable=True)
 
 
 @dataclass(frozen=True)

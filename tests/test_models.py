@@ -33,7 +33,7 @@ def test_parameter_budgets():
     for name in ("Model2", "Model2b", "Model2c", "Model3"):
         assert params[name] < 8_000, (name, params[name])
     assert params["Tiny4k"] < 5_000
-    assert params["Sep4k"] < params["Tiny4k"]  # wider after the pool, in fewer parameters
+    assert params["Sep4k"] < 5_000  # Tiny4k's budget: wider after the pool (separable) and at conv2
 
 
 def test_a_separable_block_is_a_depthwise_then_a_pointwise_conv():
