@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import statistics
@@ -30,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.load_tabs import proc_sample, start_server  # noqa: E402
+from tests.load_tabs import emit, lag_summary, proc_sample, start_server  # noqa: E402
 
 EPOCHS_SHOWN = re.compile(rb"(\d+) epoch\(s\) recorded")
 
@@ -179,11 +178,7 @@ def main() -> int:
         "open_s": round(open_s, 1),
         "epochs_written": len(written),
         "seconds_per_epoch": round(statistics.mean(epoch_s), 2) if epoch_s else None,
-        "epoch_lag_s": {
-            "median": round(statistics.median(lags), 2) if lags else None,
-            "p90": round(sorted(lags)[round(0.9 * (len(lags) - 1))], 2) if lags else None,
-            "max": round(max(lags), 2) if lags else None,
-        },
+        "epoch_lag_s": lag_summary(lags),
         "session_epochs_missed": missed,
         "sessions_within_2s": sum(1 for m in per_session if m is not None and m <= 2.0) if not missed else None,
         "server_cpu_cores": round((window[-1][1] - window[0][1]) / span, 2) if span else None,
@@ -191,10 +186,7 @@ def main() -> int:
         "fragment_reruns_sent": reruns[0],
         "log": str(folder / "streamlit.log"),
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if a.json:
-        a.json.write_text(text + "\n")
+    emit(report, a.json)
     return 0
 
 

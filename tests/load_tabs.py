@@ -92,6 +92,22 @@ def browser_cpu(exclude: set[int]) -> float:
     return total
 
 
+def lag_summary(lags: list[float]) -> dict:
+    """Median, 90th percentile and worst of a list of lags (seconds), rounded; None where there are none."""
+    if not lags:
+        return {"median": None, "p90": None, "max": None}
+    return {"median": round(statistics.median(lags), 2), "p90": round(sorted(lags)[round(0.9 * (len(lags) - 1))], 2),
+            "max": round(max(lags), 2)}
+
+
+def emit(report: dict, path: Path | None) -> None:
+    """Print the report as JSON, and write it to `path` when given."""
+    text = json.dumps(report, indent=1)
+    print(text)
+    if path:
+        path.write_text(text + "\n")
+
+
 def start_server(root: Path, db_url: str, folder: Path) -> tuple[subprocess.Popen, str]:
     return start_streamlit(root, {**os.environ, "MNIST_LAB_DB": db_url}, folder)
 
@@ -240,11 +256,7 @@ def main() -> int:
         "epochs_written": len(written),
         "seconds_per_epoch": round(statistics.mean(epoch_s), 2) if epoch_s else None,
         "training_s": round(train_s, 1),
-        "epoch_lag_s": {
-            "median": round(statistics.median(lags), 2) if lags else None,
-            "p90": round(sorted(lags)[round(0.9 * (len(lags) - 1))], 2) if lags else None,
-            "max": round(max(lags), 2) if lags else None,
-        },
+        "epoch_lag_s": lag_summary(lags),
         "delivery_lag_s": {
             "median": round(statistics.median(delivery), 2) if delivery else None,
             "max": round(max(delivery), 2) if delivery else None,
@@ -259,10 +271,7 @@ def main() -> int:
         "per_tab": per_tab,
         "log": str(folder / "streamlit.log"),
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if a.json:
-        a.json.write_text(text + "\n")
+    emit(report, a.json)
     return 0
 
 
