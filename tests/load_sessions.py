@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.load_tabs import emit, lag_summary, proc_sample, start_server  # noqa: E402
+from tests.load_tabs import emit, lag_summary, proc_sample, start_server, start_trainer, watched_run_args  # noqa: E402
 
 EPOCHS_SHOWN = re.compile(rb"(\d+) epoch\(s\) recorded")
 
@@ -94,12 +93,7 @@ async def session(url: str, query: str, arrived: dict[int, float], stop: asyncio
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sessions", type=int, default=20, help="sessions watching the run")
-    p.add_argument("--epochs", type=int, default=8, help="epochs of the watched run")
-    p.add_argument("--train-limit", type=int, default=3000, help="training images per epoch")
-    p.add_argument("--budget", type=float, default=100.0, help="seconds of training watched, at most")
-    p.add_argument("--trainer-cpus", type=int, default=1, help="cores the training process may use (0: all)")
-    p.add_argument("--root", type=Path, default=ROOT, help="the project checkout to serve")
-    p.add_argument("--json", type=Path, default=None, help="write the figures here as JSON")
+    watched_run_args(p)
     a = p.parse_args()
     sys.path.insert(0, str(a.root.resolve()))
     from core.config import TrainConfig
@@ -135,12 +129,7 @@ def main() -> int:
             await asyncio.sleep(0.2)
         open_s = time.monotonic() - t0
         print(f"{sum(0 in s for s in arrived)} of {a.sessions} sessions showed the run after {open_s:.1f} s", flush=True)
-        cmd = [sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", db_url, "--quiet"]
-        if os.environ.get("MNIST_ROOT"):
-            cmd += ["--data", os.environ["MNIST_ROOT"]]
-        cpus = set(sorted(os.sched_getaffinity(0))[: a.trainer_cpus]) if a.trainer_cpus else None
-        trainer = subprocess.Popen(cmd, cwd=a.root, stdout=open(folder / "train.log", "wb"), stderr=subprocess.STDOUT,
-                                   preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        trainer = start_trainer(a, run_id, db_url, folder)
         t_train = time.monotonic()
         while trainer.poll() is None and time.monotonic() - t_train < a.budget:
             await asyncio.sleep(0.5)

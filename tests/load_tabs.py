@@ -108,6 +108,27 @@ def emit(report: dict, path: Path | None) -> None:
         path.write_text(text + "\n")
 
 
+def watched_run_args(p: argparse.ArgumentParser) -> None:
+    """The options of the watched run and the report, shared with tests/load_sessions.py."""
+    p.add_argument("--epochs", type=int, default=8, help="epochs of the watched run")
+    p.add_argument("--train-limit", type=int, default=3000, help="training images per epoch")
+    p.add_argument("--budget", type=float, default=100.0, help="seconds of training watched, at most")
+    p.add_argument("--trainer-cpus", type=int, default=1, help="cores the training process may use (0: all)")
+    p.add_argument("--root", type=Path, default=ROOT, help="the project checkout to serve")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here as JSON")
+
+
+def start_trainer(a: argparse.Namespace, run_id: int, db_url: str, folder: Path) -> subprocess.Popen:
+    """Train the queued run in its own process (output in folder/train.log), on a.trainer_cpus cores (its torch
+    threads follow its affinity) so that it does not starve the server and the clients of a 2-core machine."""
+    cmd = [sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", db_url, "--quiet"]
+    if os.environ.get("MNIST_ROOT"):
+        cmd += ["--data", os.environ["MNIST_ROOT"]]
+    cpus = set(sorted(os.sched_getaffinity(0))[: a.trainer_cpus]) if a.trainer_cpus else None
+    return subprocess.Popen(cmd, cwd=a.root, stdout=open(folder / "train.log", "wb"), stderr=subprocess.STDOUT,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+
+
 def start_server(root: Path, db_url: str, folder: Path) -> tuple[subprocess.Popen, str]:
     return start_streamlit(root, {**os.environ, "MNIST_LAB_DB": db_url}, folder)
 
@@ -115,14 +136,9 @@ def start_server(root: Path, db_url: str, folder: Path) -> tuple[subprocess.Pope
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tabs", type=int, default=20, help="browser tabs watching the run")
-    p.add_argument("--epochs", type=int, default=8, help="epochs of the watched run")
-    p.add_argument("--train-limit", type=int, default=3000, help="training images per epoch")
     p.add_argument("--open-timeout", type=float, default=60.0, help="seconds for the tabs to show the run, at most")
-    p.add_argument("--budget", type=float, default=100.0, help="seconds of training watched, at most")
-    p.add_argument("--trainer-cpus", type=int, default=1, help="cores the training process may use (0: all)")
     p.add_argument("--one-browser", action="store_true", help="all tabs in one browser context (shared connections)")
-    p.add_argument("--root", type=Path, default=ROOT, help="the project checkout to serve")
-    p.add_argument("--json", type=Path, default=None, help="write the figures here as JSON")
+    watched_run_args(p)
     a = p.parse_args()
     t_start = time.monotonic()
     load_before = os.getloadavg()[0]
@@ -195,14 +211,7 @@ def main() -> int:
             threads = [threading.Thread(target=f, daemon=True) for f in (poll_store, poll_server)]
             for t in threads:
                 t.start()
-            cmd = [sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", db_url, "--quiet"]
-            if os.environ.get("MNIST_ROOT"):
-                cmd += ["--data", os.environ["MNIST_ROOT"]]
-            # the trainer on one core (its torch threads follow its affinity), so that it does not starve the server
-            # and the browser of a 2-core machine: lags then measure the dashboard, not the trainer's spinning threads
-            cpus = set(sorted(os.sched_getaffinity(0))[: a.trainer_cpus]) if a.trainer_cpus else None
-            trainer = subprocess.Popen(cmd, cwd=a.root, stdout=open(folder / "train.log", "wb"), stderr=subprocess.STDOUT,
-                                       preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+            trainer = start_trainer(a, run_id, db_url, folder)
             t_train = time.monotonic()
             # keep the browser's event loop turning (the watcher runs in the pages themselves)
             while trainer.poll() is None and time.monotonic() < deadline:
