@@ -32,8 +32,8 @@ class Watcher:
 
 
 def _streamlit_hooks():
-    """(this session's id, this fragment's id, a function rerunning a session's fragment) from Streamlit's
-    runtime, or None where this Streamlit lacks them."""
+    """(here, rerun) from Streamlit's runtime, or None where this Streamlit lacks them: here() gives (this session's
+    id, this fragment's id) inside a fragment, else None; rerun(session, fragment) reruns that session's fragment."""
     try:
         from streamlit.proto.ClientState_pb2 import ClientState
         from streamlit.runtime import get_instance
