@@ -160,6 +160,7 @@ def live_run(run_id: int, every: float | None) -> None:
     rows, best = view.epochs, view.best_test_acc
     st.caption(f"{len(rows)} epoch(s) recorded" + (f" · best test {best:.2f}%" if best is not None else "")
                + (f" · {len(view.steps)} step point(s)" if view.steps else ""))
+    stop_control(run)
     if every and run.active:
         live.push_when_moved(view)  # a new epoch or the run's end reaches this tab at once, not on its next tick
     if every and not run.active:  # the run ended: after one more refresh showing how (and its last epoch), the
@@ -168,27 +169,34 @@ def live_run(run_id: int, every: float | None) -> None:
         st.session_state["ended"] = run.id
 
 
+def stop_control(run) -> None:
+    """Stop, drawn with the status line (on its timer, and pushed) so that it goes the moment the run ends rather
+    than with the page's rerun a refresh later. Only for the run's owner or a teacher; core checks again."""
+    if not run.active or never_started(run):
+        return
+    user = lab.current_user()
+    if run.stop_requested:
+        st.caption("Stopping after the current batch...")
+    elif not may_change(user, run.owner):
+        st.caption(f"Only {run.owner or 'a teacher'}{' or a teacher' if run.owner else ''} can stop this run.")
+    elif st.button("Stop", key=f"stop-{run.id}"):
+        try:
+            stop_run(lab.store(), run.id, user)
+        except NotAllowed as e:
+            st.error(str(e))
+        else:
+            live.shared.forget(lab.store(), run.id)
+            st.rerun(scope="app")
+
+
 def run_controls(run) -> None:
-    """Stop, Resume, New run with these settings and Delete: drawn with the page, not on a timer (the page reruns
-    when they are pressed and when the run ends). Stop, Resume and Delete only for the run's owner or a teacher;
-    core checks again."""
+    """Resume, New run with these settings and Delete: drawn with the page, not on a timer (the page reruns when
+    they are pressed and when the run ends). Resume and Delete only for the run's owner or a teacher; core checks
+    again."""
     user = lab.current_user()
     b1, b2, b3 = st.columns([1, 2, 1])
     mine = may_change(user, run.owner)
-    if run.active and not never_started(run):
-        if run.stop_requested:
-            b1.caption("Stopping after the current batch...")
-        elif not mine:
-            b1.caption(f"Only {run.owner or 'a teacher'}{' or a teacher' if run.owner else ''} can stop this run.")
-        elif b1.button("Stop", key=f"stop-{run.id}"):
-            try:
-                stop_run(lab.store(), run.id, user)
-            except NotAllowed as e:
-                st.error(str(e))
-            else:
-                live.shared.forget(lab.store(), run.id)
-                st.rerun(scope="app")
-    elif run.status in ("stopped", "interrupted", "failed") and run.epoch < run.config.epochs and mine:
+    if run.status in ("stopped", "interrupted", "failed") and run.epoch < run.config.epochs and mine:
         if b1.button("Resume", key=f"resume-{run.id}", help="continue from its last checkpoint, same run id"):
             try:
                 resume_run(lab.store(), run.id, data_root=os.environ.get("MNIST_ROOT"), user=user)
