@@ -3,8 +3,8 @@
 A class with 20 tabs on one run must not mean 20 store reads and 60 rebuilt charts a second: a run and
 its epochs are read together at most once per READ_TTL seconds for all sessions, a run's charts are built
 once per new data for all sessions (then only serialised for each), and each tab re-sends its charts every
-CHART_S seconds while the line that says where the run is refreshes every REFRESH_S (slower as more sessions
-watch: a new epoch and the run's end are pushed to the watching tabs at once, push.Pusher).
+CHART_S seconds while the line that says where the run is refreshes every REFRESH_S (both slower as more
+sessions watch: a new epoch and the run's end are pushed to the watching tabs at once, push.Pusher).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ STEP_POINTS = 600  # step points a live chart draws at most (the store thins lon
 READ_TTL = 0.3  # seconds one read of a run serves every session (adds at most this to a new epoch's lag)
 RECONCILE_S = 5.0  # seconds between checks for runs whose training process died (marks them interrupted)
 REFRESH_S = 1.0  # seconds between refreshes of a live run's status line (progress, epochs recorded)
-SESSIONS_PER_REFRESH = 20  # with epochs pushed, the status line's own refresh slows by REFRESH_S per this many watchers
+SESSIONS_PER_REFRESH = 5  # with epochs pushed, the status line's own refresh slows by REFRESH_S per this many watchers
 MAX_REFRESH_S = 5.0
 CHART_S = 3.0  # seconds between refreshes of its charts (three Plotly specs per tab: the costly part to send and draw)
 
@@ -121,6 +121,13 @@ def refresh_interval(watchers: int, pushed: bool) -> float:
 def status_interval() -> float:
     """The status line's refresh interval for a page drawn now (refresh_interval on this server's watchers)."""
     return refresh_interval(pusher.watching(), pusher.available)
+
+
+def chart_interval(status_every: float) -> float:
+    """Seconds between refreshes of a live run's charts when its status line refreshes every `status_every`:
+    CHART_S, or twice the status line's interval once that has backed off further (the browsers of a class
+    draw the charts less often, so that a pushed epoch is drawn at once)."""
+    return max(CHART_S, 2 * status_every)
 
 
 def moved(view: RunView) -> tuple:

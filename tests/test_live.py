@@ -205,8 +205,11 @@ def test_a_run_that_just_started_shows_the_reference_it_races_before_its_first_p
 
 
 def test_the_status_line_refreshes_less_often_as_more_sessions_watch_only_when_epochs_are_pushed():
-    assert live.refresh_interval(0, pushed=True) == live.refresh_interval(19, pushed=True) == live.REFRESH_S
-    assert live.refresh_interval(20, pushed=True) == 2 * live.REFRESH_S
+    few = live.SESSIONS_PER_REFRESH - 1
+    assert live.refresh_interval(0, pushed=True) == live.refresh_interval(few, pushed=True) == live.REFRESH_S
+    assert live.refresh_interval(few + 1, pushed=True) == 2 * live.REFRESH_S
+    assert live.chart_interval(live.REFRESH_S) == live.CHART_S
+    assert live.chart_interval(live.MAX_REFRESH_S) == 2 * live.MAX_REFRESH_S  # the charts back off with it
     assert live.refresh_interval(10_000, pushed=True) == live.MAX_REFRESH_S
     # without the push, a slower timer would delay every epoch: the interval stays
     assert live.refresh_interval(10_000, pushed=False) == live.REFRESH_S

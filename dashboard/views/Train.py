@@ -132,8 +132,10 @@ def chosen_run_id() -> int | None:
 
 def live_run(run_id: int, every: float | None) -> None:
     """Where the run is (status, progress, epochs recorded), redrawn every `every` seconds while it is active
-    (None: drawn once). Only what moves is in here: each watching tab redraws it every second. All sessions
+    (None: drawn once). Only what moves is in here: each watching tab redraws it on that timer. All sessions
     share one read of the store (live.watch); nothing here trains."""
+    if every and every != live.status_interval():  # more (or fewer) tabs watch now: the page's timers are redrawn
+        st.rerun(scope="app")  # at the new pace (a fragment's run_every is set when the page draws it)
     try:
         view = live.watch(run_id)
     except StoreError as e:
@@ -249,8 +251,9 @@ def layer_health(run_id: int) -> None:
 
 
 def watched_run(run_id: int) -> None:
-    """A run's page: its title, the status line (every second while active), its buttons, its charts (every few
-    seconds while active) and, drawn with the page, the chart options, layer health and config."""
+    """A run's page: its title, the status line (every second while active, slower as more tabs watch), its
+    buttons, its charts (every few seconds while active) and, drawn with the page, the chart options, layer
+    health and config."""
     try:
         run = live.watch(run_id).run
     except StoreError as e:
@@ -266,14 +269,14 @@ def watched_run(run_id: int) -> None:
     run_controls(run)
     reference = reference_for(run.config)  # what this run is measured against, from the first second
     ghost = reference if reference and st.session_state.get("ghost", True) else None
-    st.fragment(live_charts, run_every=live.CHART_S if run.active else None)(run_id, ghost)
+    st.fragment(live_charts, run_every=live.chart_interval(every) if every else None)(run_id, ghost)
     if reference:
         st.toggle("Show the reference run (grey, behind)", True, key="ghost",
                   help="the shipped run of the same variant, under the same recipe where one ships")
         if ghost:
             st.caption(f"Grey, behind: {ghost[0]}, the shipped run this one is measured against.")
     if st.toggle("Layer health", False, key=f"health-{run.id}", help="is every layer learning? read from the store when shown"):
-        st.fragment(layer_health, run_every=live.CHART_S if run.active else None)(run_id)
+        st.fragment(layer_health, run_every=live.chart_interval(every) if every else None)(run_id)
     with st.expander("Config"):
         st.json(run.config.to_json())
 
