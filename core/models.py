@@ -127,6 +127,14 @@ class Sep4k(SmallNet):
         super().__init__(channels=(8, 16, 8, 26, 26, 26, 26), bn=True, dropout=dropout, head="gap", separable=True)
 
 
+class Sep3k(SmallNet):
+    """Ours: Sep4k's plan under 4,000 parameters (3,942): conv2 at 14 channels and the separable convs at 22,
+    trained with twice the steps (batch 64, peak lr 0.05)."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__(channels=(8, 14, 8, 22, 22, 22, 22), bn=True, dropout=dropout, head="gap", separable=True)
+
+
 @dataclass(frozen=True)
 class SeedFigures:
     """What the seed's README reported for a variant (None where it gave nothing)."""
@@ -163,6 +171,9 @@ TUNED = dict(
 # Tiny4k: that recipe as it was before the average (20% warm-up, the default), without dropout (README, the
 # Tiny4k notes; the average did not lift its last epochs).
 TUNED_TINY = dict(TUNED, onecycle_pct=0.2, ema=0.0, dropout=0.0)
+# Sep3k: Tiny4k's recipe with twice the steps per epoch (batch 64, peak lr 0.05): on seed 1 of its widths it
+# lifted the last epoch from 99.31 to 99.47 (README, the Sep3k notes).
+TUNED_SEP3K = dict(TUNED_TINY, batch_size=64, lr=0.05)
 
 # The one registry: pages, CLI, benchmarks and tests read it.
 MODELS: dict[str, ModelSpec] = {
@@ -178,6 +189,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("Tiny4k", Tiny4k, "Ours: Model3's plan thinned to <5k params", None, SEED_MODEL3, TUNED_TINY),
         ModelSpec("Sep4k", Sep4k, "Ours: depthwise-separable convs after the pool, wider in Tiny4k's budget", None,
                   SEED_MODEL3, TUNED_TINY),
+        ModelSpec("Sep3k", Sep3k, "Ours: Sep4k's plan under 4k params, trained with twice the steps", None,
+                  SEED_MODEL3, TUNED_SEP3K),
     ]
 }
 

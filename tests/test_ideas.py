@@ -28,7 +28,7 @@ def setting(rows: list[dict], name: str) -> tuple:
 
 def test_steps_follow_the_registry():
     assert steps() == list(zip(list(MODELS), list(MODELS)[1:], strict=False))
-    assert steps()[0] == ("Model1", "Model2") and steps()[-1] == ("Tiny4k", "Sep4k")
+    assert steps()[0] == ("Model1", "Model2") and steps()[-1] == ("Sep4k", "Sep3k")
     assert set(IDEAS) == {after for _, after in steps()}
 
 
@@ -80,6 +80,15 @@ def test_tiny4k_to_sep4k_makes_the_convs_after_the_pool_separable_and_wider():
     assert changed(diff, "conv widths") == ("8, 12, 8, 10, 10, 10, 12", "8, 16, 8, 26, 26, 26, 26")
     assert changed(diff, "depthwise-separable convs") == (0, 4)
     assert diff["parameters"] == {"before": 4_892, "after": 4_894}
+
+
+def test_sep4k_to_sep3k_thins_conv2_and_the_separable_convs_under_4000_and_halves_the_batch():
+    diff = step_diff("Sep4k", "Sep3k")
+    assert changed(diff, "conv widths") == ("8, 16, 8, 26, 26, 26, 26", "8, 14, 8, 22, 22, 22, 22")
+    assert diff["parameters"] == {"before": 4_894, "after": 3_942}
+    assert diff["added"] == diff["removed"] == []
+    assert [r["setting"] for r in diff["reference recipe"]] == ["batch_size", "lr"]
+    assert setting(diff["reference recipe"], "batch_size") == (128, 64) and setting(diff["reference recipe"], "lr") == (0.1, 0.05)
 
 
 def test_a_non_step_is_refused():

@@ -34,6 +34,7 @@ def test_parameter_budgets():
         assert params[name] < 8_000, (name, params[name])
     assert params["Tiny4k"] < 5_000
     assert params["Sep4k"] < 5_000  # Tiny4k's budget: wider after the pool (separable) and at conv2
+    assert params["Sep3k"] < 4_000  # issue 16's moonshot
 
 
 def test_a_separable_block_is_a_depthwise_then_a_pointwise_conv():
