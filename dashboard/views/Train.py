@@ -334,7 +334,8 @@ def main() -> None:
         settings_form()
     with right:
         # the queue's places and times move while runs train: redrawn on the charts' timer while it has runs
-        st.fragment(active_runs, run_every=live.CHART_S if lab.class_queue() else None)(run_id)
+        every = live.chart_interval(live.status_interval()) if lab.class_queue() else None
+        st.fragment(active_runs, run_every=every)(run_id)
         if run_id is None:
             st.info("No run yet: choose a variant and press Start.")
             return
