@@ -34,10 +34,9 @@ EPOCHS_SHOWN = re.compile(rb"(\d+) epoch\(s\) recorded")
 
 
 async def session(url: str, query: str, arrived: dict[int, float], stop: asyncio.Event, reruns: list[int],
-                  timers_on: bool = True, intervals: list[float] | None = None) -> None:
+                  timers_on: bool = True) -> None:
     """One watching session: the page's first run, then fragment reruns on the timers the server asks for
-    (`timers_on`; without them, only what the server sends by itself arrives). `intervals`: each timer's
-    interval is appended to it as the server sets it."""
+    (`timers_on`; without them, only what the server sends by itself arrives)."""
     import websockets
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
@@ -77,9 +76,7 @@ async def session(url: str, query: str, arrived: dict[int, float], stop: asyncio
             kind = msg.WhichOneof("type")
             if kind == "new_session" and msg.new_session.page_script_hash:
                 page_hash = msg.new_session.page_script_hash
-            elif kind == "auto_rerun" and intervals is not None:
-                intervals.append(msg.auto_rerun.interval)
-            if kind == "auto_rerun" and timers_on:
+            elif kind == "auto_rerun" and timers_on:
                 old = timers.pop(msg.auto_rerun.fragment_id, None)
                 if old:
                     old.cancel()

@@ -134,8 +134,6 @@ def live_run(run_id: int, every: float | None) -> None:
     """Where the run is (status, progress, epochs recorded), redrawn every `every` seconds while it is active
     (None: drawn once). Only what moves is in here: each watching tab redraws it on that timer. All sessions
     share one read of the store (live.watch); nothing here trains."""
-    if every and every != live.status_interval():  # more (or fewer) tabs watch now: the page's timers are redrawn
-        st.rerun(scope="app")  # at the new pace (a fragment's run_every is set when the page draws it)
     try:
         view = live.watch(run_id)
     except StoreError as e:
