@@ -5,9 +5,10 @@ Chromium on /Train?run=1, then trains a small real run (Model2, 6,000 images) in
 in the page itself, when its "N epoch(s) recorded" caption first shows each epoch and every change of its
 progress line; this script polls the store for the time each epoch row appears. Reports, per tab, the lag
 of each epoch (shown - written; and delivered - written, when the caption's message reached the page's
-websocket, before the browser rendered it: noted in the page, not relayed out through the browser's debugging
-protocol, which with 20 tabs cost the shared cores a share of their time), the longest wait between two progress updates, and the CPU
-of the server (and its RSS) and of the browser, from /proc (the browser shares the machine).
+websocket, before the browser rendered it: noted in the page, not relayed out through the browser's
+debugging protocol, which with 20 tabs cost the shared cores a share of their time), the longest wait
+between two progress updates, and the CPU of the server (and its RSS) and of the browser, from /proc (the
+browser shares the machine).
 
     MNIST_ROOT=/work/shared .venv/bin/python tests/load_tabs.py --tabs 20 --json before.json
     ... --root /tmp/other-checkout   # serve another checkout of the project (e.g. the previous commit)

@@ -145,7 +145,6 @@ def test_a_run_started_stopped_and_resumed_from_the_train_page(served):
         wait_until(page, "the page to show the end", lambda: progress_text(page).startswith("finished"), 60)
         # Stop goes with the status line that shows the end, not with the page's rerun a refresh later (the
         # status line and the buttons read in one go; a second look after 0.5 s lets a redraw in flight finish)
-        print("DEBUG", page.evaluate("() => [...document.querySelectorAll('button')].map(b => b.innerText)"), progress_text(page))
         if ended_with_stop_drawn(page):
             page.wait_for_timeout(500)
             assert not ended_with_stop_drawn(page), "the status line says finished and Stop is still drawn"

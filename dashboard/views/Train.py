@@ -248,8 +248,8 @@ def layer_health(run_id: int) -> None:
             st.plotly_chart(fig, key=f"health-{key}")
 
 
-def watched_run(run_id: int) -> None:
-    """A run's page: its title, the status line (every second while active, slower as more tabs watch), its
+def watched_run(run_id: int, pace: float) -> None:
+    """A run's page: its title, the status line (every `pace` seconds while active: live.status_interval), its
     buttons, its charts (every few seconds while active) and, drawn with the page, the chart options, layer
     health and config."""
     try:
@@ -260,7 +260,7 @@ def watched_run(run_id: int) -> None:
     user = lab.current_user()
     st.subheader(f"Run {run.id}: {run.model}" + (f" · {run.label}" if run.label else "")
                  + (f" · {run.owner}'s" if user is not None and run.owner else ""))
-    every = live.status_interval() if run.active else None  # redrawn on timers while queued or training
+    every = pace if run.active else None  # redrawn on timers while queued or training
     if run.active:
         st.session_state.pop("ended", None)
     st.fragment(live_run, run_every=every)(run_id, every)
@@ -331,13 +331,13 @@ def main() -> None:
     with left:
         settings_form()
     with right:
+        pace = live.status_interval()  # the live timers' pace on this server now (slower as more tabs watch)
         # the queue's places and times move while runs train: redrawn on the charts' timer while it has runs
-        every = live.chart_interval(live.status_interval()) if lab.class_queue() else None
-        st.fragment(active_runs, run_every=every)(run_id)
+        st.fragment(active_runs, run_every=live.chart_interval(pace) if lab.class_queue() else None)(run_id)
         if run_id is None:
             st.info("No run yet: choose a variant and press Start.")
             return
-        watched_run(run_id)
+        watched_run(run_id, pace)
 
 
 main()
