@@ -108,7 +108,10 @@ def test_every_page_train_live_and_draw_a_digit(server, page):
     assert seen[-1] == 3, f"the accuracy chart never showed 3 epochs' test points; points seen: {sorted(set(seen))}"
     assert min(seen) < 6, "the chart was never seen growing"
     settle(page, "finished")
-    page.wait_for_timeout(1500)  # the page reruns once when the run ends: Plotly's charts replace the SVGs
+    # the page reruns once when the run ends (a status refresh after the end shows): Plotly's charts replace the
+    # SVGs; on a loaded machine that can take longer than a fixed pause, so wait for their traces to be drawn
+    page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first.wait_for(timeout=60_000)
+    page.wait_for_timeout(500)
     lines = page.locator('[data-testid="stPlotlyChart"]').first.locator(".scatterlayer .trace").count()
     assert lines >= 3, lines  # the per-step line and the test points, the reference behind
     assert chart_points(page) == 3
