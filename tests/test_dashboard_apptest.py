@@ -489,6 +489,11 @@ def test_train_lists_the_active_runs_with_queue_position_and_stays_on_the_one_sh
     # no longer among the options came back as its text (a browser test's URL read run=run+1%3A+Model3...)
     assert at.selectbox(key="active-runs").options == [f"run {busy}: Model2c", f"run {waiting}: Tiny4k"]
     assert at.query_params["run"] in (str(waiting), [str(waiting)])
+    store.request_stop(busy)  # until its process stops it, the queue says so rather than "training, ends in"
+    time.sleep(3.2)
+    at.run()
+    assert f"run {busy} stopping after its current batch; run {waiting} queued #1" in next(
+        c.value for c in at.caption if c.value.startswith(f"run {busy} "))
     store.finish(busy, "stopped")
     at.run()  # the run it showed first ended: the page stays where the user put it
     assert any(s.value == f"Run {waiting}: Tiny4k" for s in at.subheader)

@@ -297,6 +297,8 @@ def active_runs(current: int | None) -> None:
 
     def when(e: estimate.QueueEntry) -> str:
         if e.position is None:
+            if e.run.stop_requested:  # until its process stops it and the page's next rerun drops it from the list
+                return f"run {e.run.id} stopping after its current batch"
             return f"run {e.run.id} training, ends in {estimate.describe(e.ends_in)}"
         return f"run {e.run.id} queued #{e.position}, starts in {estimate.describe(e.starts_in)} (~{estimate.clock(e.starts_in)})"
 
