@@ -3,8 +3,9 @@
     python -m core.gpucheck            # prints one line per check; exit 1 if any fails
 
 FastBatchNorm2d must fall through to nn.BatchNorm2d's own kernel on CUDA (same output, gradients and
-running statistics); FastDropout must keep ~1-p of its inputs with the expected value preserved; one
-short training run must give the same loss on CUDA as on the CPU up to float rounding.
+running statistics); FastDropout must step aside to F.dropout (the same mask under one seed), keeping ~1-p of
+its inputs with the expected value preserved; one short training run must give the same loss on CUDA as on
+the CPU up to float rounding.
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ def check_dropout(device: str, p: float = 0.1) -> str:
     x = torch.ones(256, 8, 26, 26, device=device).contiguous(memory_format=MEMORY_FORMAT)
     y = FastDropout(p).to(device).train()(x)
     kept, mean = (y != 0).float().mean().item(), y.mean().item()
-    ok = abs(kept - (1 - p)) < 0.005 and abs(mean - 1) < 0.01
-    return f"FastDropout({p}) on {device}: kept {kept:.4f} (expect {1 - p}), mean {mean:.4f} (expect 1)" + ("" if ok else "  FAIL")
+    torch.manual_seed(0)
+    ours = FastDropout(p).to(device).train()(x)
+    torch.manual_seed(0)
+    aside = torch.equal(ours, torch.nn.functional.dropout(x, p, training=True))  # off the CPU: torch's own kernel
+    ok = abs(kept - (1 - p)) < 0.005 and abs(mean - 1) < 0.01 and aside
+    return (f"FastDropout({p}) on {device}: kept {kept:.4f} (expect {1 - p}), mean {mean:.4f} (expect 1), "
+            f"{'the same mask as' if aside else 'NOT the same mask as'} F.dropout under one seed") + ("" if ok else "  FAIL")
 
 
 def check_training(n: int = 2048) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class FastDropout(nn.Module):
@@ -19,6 +20,9 @@ class FastDropout(nn.Module):
     activation against ~1.4 ms for `rand_like` and ~3.4 ms for the `bernoulli_` inside F.dropout.
     p is thereby rounded to a multiple of 1/65536 (0.1 -> 0.100006), and the scale uses the rounded
     keep probability so the expected output still equals the input exactly.
+
+    Off the CPU it steps aside to F.dropout (one fused kernel there, against the half-dozen small launches
+    of the mask above: a GPU running this 6k-parameter net is bound by kernel launches, docs/gpu.md).
     """
 
     LEVELS = 65536  # 16-bit random integers
@@ -34,6 +38,8 @@ class FastDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.drop_levels == 0:
             return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
         n = x.numel()
         # Full-range 64-bit draws (from=int64 min, to=None) take the generator's fast 64-bit path: ~2.4x
         # faster per random bit here than bounded int32 draws, which pay a modulo per value.
