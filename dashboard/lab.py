@@ -154,6 +154,12 @@ def class_queue() -> list[estimate.QueueEntry]:
     return _queue(default_url(), _slots())
 
 
+def forget_queue() -> None:
+    """The next class_queue() reads the store: a session started, stopped, resumed or deleted a run, or saw one
+    end, and the shared read may be from before (up to 3 s old)."""
+    _queue.clear()
+
+
 def class_toggle(key: str) -> bool:
     """With identity on, a toggle for the class's runs next to my own (off: mine and the references); True with
     identity off (every run is mine)."""

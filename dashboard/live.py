@@ -101,6 +101,13 @@ class SharedReads:
 shared = SharedReads()
 
 
+def run_changed(run_id: int) -> None:
+    """This session just started, stopped, resumed or deleted run `run_id`: the next reads of it and of the
+    queue go to the store, not to a shared read from before."""
+    shared.forget(lab.store(), run_id)
+    lab.forget_queue()
+
+
 def watch(run_id: int) -> RunView:
     """The run as every session sees it now (raises StoreError when there is no such run)."""
     return shared.view(lab.store(), run_id)

@@ -501,6 +501,23 @@ def test_train_lists_the_active_runs_with_queue_position_and_stays_on_the_one_sh
     store.finish(waiting, "stopped")
 
 
+def test_the_queue_shows_a_stop_pressed_here_at_once_not_after_its_shared_read_expires(store_url):
+    import os
+
+    from core.config import TrainConfig
+    from core.runs import RunStore
+
+    store = RunStore(store_url)
+    busy = store.create_run(TrainConfig(model="Model2c", epochs=10, train_limit=1000))
+    assert store.claim(busy, os.getpid())
+    at = open_page("views/Train.py")  # shows the active run, and reads the queue (shared for 3 s)
+    assert any(c.value.startswith(f"run {busy} training, ends in") for c in at.caption)
+    at.button(key=f"stop-{busy}").click().run()  # at once: no 3 s wait for the queue's shared read
+    assert any(c.value.startswith(f"run {busy} stopping after its current batch") for c in at.caption), [
+        c.value for c in at.caption]
+    store.finish(busy, "stopped")
+
+
 def test_compare_draws_train_and_test_per_run_zoomed_and_keeps_the_choice_across_pages(store_url):
     import json
 

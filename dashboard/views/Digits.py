@@ -85,6 +85,7 @@ def finetune_form(rows: list[dict], user) -> None:
         st.error(str(e))
         return
     lab.remember_my_run(run_id)
+    lab.forget_queue()  # the Train page's queue lists it at once
     st.session_state["ft-run"] = st.session_state["ft-show"] = run_id  # the results show the new run
     st.rerun()
 

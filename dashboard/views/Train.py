@@ -90,6 +90,7 @@ def settings_form() -> None:
         st.error(str(e))
         return
     lab.remember_my_run(run_id)
+    live.run_changed(run_id)
     st.query_params["run"] = str(run_id)  # a reload, or this URL in another browser, shows the same run
     st.rerun()
 
@@ -106,7 +107,7 @@ def copy_settings(run) -> None:
 
 def forget_run(run_id: int) -> None:
     """After a delete: the page shows another run (the URL and this session no longer name this one)."""
-    live.shared.forget(lab.store(), run_id)
+    live.run_changed(run_id)
     if st.query_params.get("run") == str(run_id):
         del st.query_params["run"]
     st.session_state.pop("train-run", None)
@@ -165,6 +166,8 @@ def live_run(run_id: int, every: float | None) -> None:
         live.push_when_moved(view)  # a new epoch or the run's end reaches this tab at once, not on its next tick
     if every and not run.active:  # the run ended: after one more refresh showing how (and its last epoch), the
         if st.session_state.get("ended") == run.id:  # whole page reruns (its buttons, the model pickers elsewhere)
+            if estimate.entry_of(lab.class_queue(), run.id):  # the queue's shared read is from before the end
+                lab.forget_queue()
             st.rerun(scope="app")
         st.session_state["ended"] = run.id
 
@@ -185,7 +188,7 @@ def stop_control(run) -> None:
         except NotAllowed as e:
             st.error(str(e))
         else:
-            live.shared.forget(lab.store(), run.id)
+            live.run_changed(run.id)
             st.rerun(scope="app")
 
 
@@ -204,7 +207,7 @@ def run_controls(run) -> None:
                 st.error(str(e))
             else:
                 lab.remember_my_run(run.id)
-                live.shared.forget(lab.store(), run.id)
+                live.run_changed(run.id)
                 st.rerun(scope="app")
     b2.button("New run with these settings", key=f"copy-{run.id}", on_click=copy_settings, args=(run,))
     if not run.active and mine:
