@@ -161,6 +161,12 @@ def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
 
 
+def wait_for_plotly(page) -> None:
+    """Wait (up to 60 s) until a Plotly chart has drawn its traces: once a run has ended its charts turn from
+    pictures into Plotly charts, whose script loads first (a screenshot before shows empty placeholders)."""
+    page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first.wait_for(timeout=60_000)
+
+
 def stop_server(proc) -> None:
     """End a server started by start_streamlit: terminate, and kill it if it has not gone within 10 s."""
     import subprocess

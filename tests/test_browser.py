@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import LIVE_SVGS_JS, draw_seven, launch_chromium, start_streamlit, stop_server
+from tests.conftest import LIVE_SVGS_JS, draw_seven, launch_chromium, start_streamlit, stop_server, wait_for_plotly
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -110,7 +110,7 @@ def test_every_page_train_live_and_draw_a_digit(server, page):
     settle(page, "finished")
     # the page reruns once when the run ends (a status refresh after the end shows): Plotly's charts replace the
     # SVGs; on a loaded machine that can take longer than a fixed pause, so wait for their traces to be drawn
-    page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first.wait_for(timeout=60_000)
+    wait_for_plotly(page)
     page.wait_for_timeout(500)
     lines = page.locator('[data-testid="stPlotlyChart"]').first.locator(".scatterlayer .trace").count()
     assert lines >= 3, lines  # the per-step line and the test points, the reference behind

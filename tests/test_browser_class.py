@@ -27,7 +27,7 @@ import pytest
 from core.config import TrainConfig
 from core.runs import RunStore
 from core.worker import execute_run
-from tests.conftest import launch_chromium, make_synthetic_mnist, start_streamlit, stop_server
+from tests.conftest import launch_chromium, make_synthetic_mnist, start_streamlit, stop_server, wait_for_plotly
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -291,6 +291,7 @@ def test_a_class_on_one_server(lab, browser):
     tess.get_by_role("button", name="Stop").click()
     tess.get_by_text("Stopped on request").wait_for()
     assert store.get(a_run).status == "stopped"
+    wait_for_plotly(tess)  # the stopped run's charts, not their loading placeholders
     tess.screenshot(path=str(SHOTS / "class-teacher-stopped-alices-run.png"), full_page=True)
 
     # bob's own run was untouched by all this, and he may stop it himself

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from core.runs import RunStore
-from tests.conftest import LIVE_SVGS_JS, launch_chromium, make_synthetic_mnist, start_streamlit, stop_server
+from tests.conftest import (
+    LIVE_SVGS_JS,
+    launch_chromium,
+    make_synthetic_mnist,
+    start_streamlit,
+    stop_server,
+    wait_for_plotly,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -140,6 +147,7 @@ def test_a_run_started_stopped_and_resumed_from_the_train_page(served):
         page.get_by_role("button", name="Resume").wait_for()
         stopped_after = len(store.epochs(run_id))
         assert stopped_after < EPOCHS, "the run ended before Stop took effect: nothing left to resume"
+        wait_for_plotly(page)  # the ended run's charts, not their loading placeholders
         shot(page, "3-stopped")
         page.get_by_role("button", name="Resume").click()
         wait_until(page, "the resumed run to train", lambda: store.get(run_id).status in ("running", "finished"), 120)
