@@ -15,11 +15,11 @@ import torch
 import torch.nn as nn
 
 from core.architecture import receptive_field_table
-from core.layers import FastBatchNorm2d, FastDropout
+from core.layers import ConvBlock, FastBatchNorm2d, FastDropout
 
 
 def conv_block(cin: int, cout: int, k: int = 3, bn: bool = True, dropout: float = 0.0, pad: int = 0,
-               separable: bool = False) -> nn.Sequential:
+               separable: bool = False) -> ConvBlock:
     """Conv (no bias when BN follows) -> ReLU -> BN -> Dropout, the seed's block order. separable: the conv is
     depthwise-separable, a kxk conv of each channel alone then a 1x1 conv across channels (k*k*cin + cin*cout
     weights instead of k*k*cin*cout; a ReLU and BN between the two did not help: issue 16's notes)."""
@@ -33,7 +33,7 @@ def conv_block(cin: int, cout: int, k: int = 3, bn: bool = True, dropout: float 
         layers.append(FastBatchNorm2d(cout))
     if dropout > 0:
         layers.append(FastDropout(dropout))
-    return nn.Sequential(*layers)
+    return ConvBlock(*layers)
 
 
 class SmallNet(nn.Module):
