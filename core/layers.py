@@ -19,24 +19,25 @@ class FastDropout(nn.Module):
     """nn.Dropout's maths, cheaper on CPU: keep prob 1-p, survivors scaled by 1/keep, a fresh mask
     per call, identity in eval.
 
-    The mask comes from 16-bit random integers, four per 64-bit draw of the generator, compared with a
-    threshold: no float uniform and no division. On this CPU the draw costs ~0.45 ms for a 128x8x26x26
-    activation against ~1.4 ms for `rand_like` and ~3.4 ms for the `bernoulli_` inside F.dropout.
-    p is thereby rounded to a multiple of 1/65536 (0.1 -> 0.100006), and the scale uses the rounded
-    keep probability so the expected output still equals the input exactly.
+    The mask is counter-based: element i (in memory order) is kept when the top 16 bits of a hash of i, keyed
+    by one 64-bit draw of torch's generator per call, are >= p * 65536 (`keep_factors`). So the C kernels
+    (core/native) compute it where they use it, in parallel and without storing it (the backward recomputes
+    it), and torch's ops compute the very same mask where those kernels cannot be built; torch.manual_seed
+    still fixes it. p is thereby rounded to a multiple of 1/65536 (0.1 -> 0.100006), and the scale uses the
+    rounded keep probability so the expected output still equals the input exactly.
 
     Off the CPU it steps aside to F.dropout (one fused kernel there, against the half-dozen small launches
     of the mask above: a GPU running this 6k-parameter net is bound by kernel launches, docs/gpu.md).
     """
 
-    LEVELS = 65536  # 16-bit random integers
+    LEVELS = 65536  # 16-bit lanes
 
     def __init__(self, p: float = 0.1):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout p must be in [0, 1), got {p}")
         self.p = p
-        self.drop_levels = round(p * self.LEVELS)  # of the 65536 random values, this many drop
+        self.drop_levels = round(p * self.LEVELS)  # of the 65536 lane values, this many drop
         self.scale = self.LEVELS / (self.LEVELS - self.drop_levels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,29 +45,57 @@ class FastDropout(nn.Module):
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
-        r16 = self.draw(x.numel())
-        # Lay the mask out like x (channels_last in training, see core.train) so the multiply streams;
-        # the bits are i.i.d., so any layout gives the same distribution.
+        factors = keep_factors(x.numel(), draw_key(), self.drop_levels, self.scale)
+        # Lay the mask out like x (channels_last in training, see core.train) so the multiply streams.
         dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-        r16 = r16.as_strided(x.shape, x.stride()) if dense else r16.view(x.shape)
-        keep = r16 >= self.threshold
-        return x * keep.to(x.dtype).mul_(self.scale)
-
-    @property
-    def threshold(self) -> int:
-        """An element is kept where its signed 16-bit random lane is >= this."""
-        return self.drop_levels - self.LEVELS // 2
-
-    @staticmethod
-    def draw(n: int) -> torch.Tensor:
-        """n uniform signed 16-bit lanes (CPU), the element i's lane at i in memory order."""
-        # Full-range 64-bit draws (from=int64 min, to=None) take the generator's fast 64-bit path: ~2.4x
-        # faster per random bit here than bounded int32 draws, which pay a modulo per value.
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-        return bits.view(torch.int16)[:n]  # four uniform 16-bit lanes per draw
+        return x * (factors.as_strided(x.shape, x.stride()) if dense else factors.view(x.shape)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def draw_key() -> tuple[int, int]:
+    """A dropout mask's key: one full-range 64-bit draw of torch's (CPU) generator, as two 32-bit halves."""
+    key = int(torch.empty((), dtype=torch.int64).random_(-(2**63), None)) & (2**64 - 1)
+    return key & 0xFFFFFFFF, key >> 32
+
+
+def _int32(v: int) -> int:
+    """A uint32 value as the int32 with the same bits."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _xorshift_(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x ^= x >> k, the shift logical (uint32's), in place on int32."""
+    return x.bitwise_xor_((x >> k).bitwise_and_((1 << (32 - k)) - 1))
+
+
+def _mix32_(x: torch.Tensor) -> torch.Tensor:
+    """relu_bn_dropout.c's mix32 (Chris Wellons' lowbias32) in place on int32 tensors holding uint32 bits
+    (int32 multiplies wrap as uint32 ones do)."""
+    _xorshift_(x, 16).mul_(_int32(0x7FEB352D))
+    _xorshift_(x, 15).mul_(_int32(0x846CA68B))
+    return _xorshift_(x, 16)
+
+
+def keep_factors(n: int, key: tuple[int, int], drop_levels: int, scale: float) -> torch.Tensor:
+    """Dropout's float32 factors for elements 0..n-1: `scale` where top16(mix32(mix32(i ^ k0) + k1)) >= drop_levels,
+    else 0. From the C kernels when they are built, else the same values from torch's ops (~30x slower)."""
+    lib = native.library()
+    if lib is None:
+        return keep_factors_torch(n, key, drop_levels, scale)
+    out = torch.empty(n, dtype=torch.float32)
+    lib.lab_keep_factors(_ptr(out), n, *key, drop_levels, scale, torch.get_num_threads())
+    return out
+
+
+def keep_factors_torch(n: int, key: tuple[int, int], drop_levels: int, scale: float) -> torch.Tensor:
+    """keep_factors from torch's ops alone (where the C kernels cannot be built)."""
+    k0, k1 = key
+    lane = _mix32_(_mix32_(torch.arange(n, dtype=torch.int32).bitwise_xor_(_int32(k0))).add_(_int32(k1)))
+    lane = (lane >> 16).bitwise_and_(0xFFFF)
+    return torch.where(lane >= drop_levels, torch.tensor(scale, dtype=torch.float32), torch.tensor(0.0))
 
 
 def _columns(t: torch.Tensor) -> torch.Tensor:
@@ -179,52 +208,54 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         self.running_var.lerp_(var * (n / (n - 1)), self.momentum)
 
 
+_F32 = ctypes.POINTER(ctypes.c_float)
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.cast(t.data_ptr(), _F32)
+
+
 def channels_last_cpu(x: torch.Tensor) -> bool:
     """A 4-D float32 CPU tensor, channels_last in memory, with more than one value a channel."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last) and x.numel() > x.shape[1])
 
 
-_F32, _I16 = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int16)
-
-
-def _ptr(t: torch.Tensor | None, kind=_F32):
-    return None if t is None else ctypes.cast(t.data_ptr(), kind)
 
 
 class _FusedReluBnDropout(torch.autograd.Function):
     """ReLU -> training-mode batch norm -> dropout of a channels_last CPU tensor in C (core/native): two passes
     over the activation forward and two backward, where torch's ops (and _ChannelsLastBatchNorm) make ~8 each.
-    The same maths as ReLU -> FastBatchNorm2d -> FastDropout, with the same random lanes (`bits`, or None for no
-    dropout); the statistics are summed in double. Returns (out, batch mean, biased batch var)."""
+    The same maths as ReLU -> FastBatchNorm2d -> FastDropout with the same mask (FastDropout's, from `key`;
+    drop_levels 0: no dropout); the statistics are summed in double. Returns (out, batch mean, biased batch var)."""
 
     @staticmethod
-    def forward(ctx, y, weight, bias, eps, bits, threshold, scale):
+    def forward(ctx, y, weight, bias, eps, key, drop_levels, scale):
         channels = y.shape[1]
         pixels = y.numel() // channels
         out = torch.empty_like(y)
-        mean, var, istd = torch.empty(channels), torch.empty(channels), torch.empty(channels)
+        mean, var, istd = (torch.empty(channels, dtype=torch.float32) for _ in range(3))
         weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
         rc = native.library().lab_rbd_forward(
-            _ptr(y), _ptr(out), pixels, channels, _ptr(weight), _ptr(bias), eps, _ptr(bits, _I16), threshold, scale,
+            _ptr(y), _ptr(out), pixels, channels, _ptr(weight), _ptr(bias), eps, *key, drop_levels, scale,
             _ptr(mean), _ptr(var), _ptr(istd), torch.get_num_threads())
         if rc:
             raise RuntimeError(f"native ReLU/batch norm/dropout forward failed (code {rc})")
-        ctx.save_for_backward(y, weight, mean, istd, bits)
-        ctx.threshold, ctx.scale = threshold, scale
+        ctx.save_for_backward(y, weight, mean, istd)
+        ctx.mask = key, drop_levels, scale  # the backward recomputes the mask
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
     @staticmethod
     def backward(ctx, grad_out, _grad_mean, _grad_var):
-        y, weight, mean, istd, bits = ctx.saved_tensors
+        y, weight, mean, istd = ctx.saved_tensors
         channels = y.shape[1]
         g = grad_out.contiguous(memory_format=torch.channels_last)
         grad_y = torch.empty_like(y) if ctx.needs_input_grad[0] else None
-        grad_weight, grad_bias = torch.empty(channels), torch.empty(channels)
+        grad_weight, grad_bias = torch.empty(channels, dtype=torch.float32), torch.empty(channels, dtype=torch.float32)
         rc = native.library().lab_rbd_backward(
             _ptr(g), _ptr(y), _ptr(grad_y), y.numel() // channels, channels, _ptr(weight), _ptr(mean), _ptr(istd),
-            _ptr(bits, _I16), ctx.threshold, ctx.scale, _ptr(grad_weight), _ptr(grad_bias), torch.get_num_threads())
+            *ctx.mask[0], *ctx.mask[1:], _ptr(grad_weight), _ptr(grad_bias), torch.get_num_threads())
         if rc:
             raise RuntimeError(f"native ReLU/batch norm/dropout backward failed (code {rc})")
         return grad_y, grad_weight, grad_bias, None, None, None, None
@@ -268,8 +299,8 @@ class ConvBlock(nn.Sequential):
             for layer in list(self)[at:]:
                 x = layer(x)
             return x
-        bits = drop.draw(x.numel()) if drop is not None and drop.drop_levels else None
-        threshold, scale = (drop.threshold, drop.scale) if bits is not None else (0, 1.0)
-        out, mean, var = _FusedReluBnDropout.apply(x, bn.weight, bn.bias, bn.eps, bits, threshold, scale)
+        dropping = drop is not None and drop.drop_levels > 0
+        key, drop_levels, scale = (draw_key(), drop.drop_levels, drop.scale) if dropping else ((0, 0), 0, 1.0)
+        out, mean, var = _FusedReluBnDropout.apply(x, bn.weight, bn.bias, bn.eps, key, drop_levels, scale)
         bn.track(mean, var, x.numel() // x.shape[1])
         return out

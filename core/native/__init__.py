@@ -83,10 +83,12 @@ def library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as e:
         _why_not = f"could not build or load the C kernels: {e}"
         return None
-    f32, i16, i64, c_int, c_float = (ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int16), ctypes.c_int64,
-                                     ctypes.c_int, ctypes.c_float)
-    lib.lab_rbd_forward.argtypes = [f32, f32, i64, c_int, f32, f32, c_float, i16, c_int, c_float, f32, f32, f32, c_int]
-    lib.lab_rbd_backward.argtypes = [f32, f32, f32, i64, c_int, f32, f32, f32, i16, c_int, c_float, f32, f32, c_int]
+    f32, i64, u32, c_int, c_float = (ctypes.POINTER(ctypes.c_float), ctypes.c_int64, ctypes.c_uint32, ctypes.c_int,
+                                     ctypes.c_float)
+    lib.lab_keep_factors.argtypes = [f32, i64, u32, u32, u32, c_float, c_int]
+    lib.lab_keep_factors.restype = None
+    lib.lab_rbd_forward.argtypes = [f32, f32, i64, c_int, f32, f32, c_float, u32, u32, u32, c_float, f32, f32, f32, c_int]
+    lib.lab_rbd_backward.argtypes = [f32, f32, f32, i64, c_int, f32, f32, f32, u32, u32, u32, c_float, f32, f32, c_int]
     lib.lab_rbd_forward.restype = lib.lab_rbd_backward.restype = c_int
     return lib
 
