@@ -94,7 +94,7 @@ class SweepSpec:
 def _trial_class():
     from ray import tune
 
-    from core.train import EpochResult
+    from core.train import EpochResult, StopRequested
     from core.worker import execute_run
 
     class RunTrial(tune.Trainable):
@@ -110,10 +110,13 @@ def _trial_class():
             self.results: queue.Queue = queue.Queue()
             self.go = threading.Semaphore(0)  # released by step() for every epoch after the first
             self.done = False
+            self.stopping = False  # set by cleanup(): ASHA (or the sweep's end) stopped this trial
 
             def on_epoch(result: EpochResult) -> None:
                 self.results.put(result)
                 self.go.acquire()
+                if self.stopping:  # at once, not after the next epoch's first store poll: on a small training set
+                    raise StopRequested  # a whole epoch could finish before that poll reads the stop flag
 
             def train() -> None:
                 try:
@@ -140,6 +143,7 @@ def _trial_class():
         def cleanup(self) -> None:
             # ASHA stopping the trial (or the sweep ending): the run stops through the store, like any run
             if not self.done:
+                self.stopping = True
                 self.store.request_stop(self.run_id)
             self.go.release()
             self.thread.join(timeout=120)
