@@ -81,7 +81,9 @@ def _mix32_(x: torch.Tensor) -> torch.Tensor:
 
 def keep_factors(n: int, key: tuple[int, int], drop_levels: int, scale: float) -> torch.Tensor:
     """Dropout's float32 factors for elements 0..n-1: `scale` where top16(mix32(mix32(i ^ k0) + k1)) >= drop_levels,
-    else 0. From the C kernels when they are built, else the same values from torch's ops (~30x slower)."""
+    else 0. From the C kernels when they are built, else the same values from torch's ops (~20x slower)."""
+    if n >= 2**31:  # the lanes are indexed by a 32-bit counter (torch's path: int32)
+        raise ValueError(f"dropout over {n:,} values in one call: at most 2^31 - 1 are supported")
     lib = native.library()
     if lib is None:
         return keep_factors_torch(n, key, drop_levels, scale)
