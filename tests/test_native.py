@@ -166,17 +166,23 @@ def train_in_a_process(tmp_path: Path, **env) -> dict:
     done = subprocess.run([sys.executable, "-c", TRAIN], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "LAB_NATIVE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT), **env})
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1]) | {"stderr": done.stderr}
 
 
 def test_a_process_that_cannot_build_them_trains_the_same_on_torchs_ops(tmp_path):
-    """A real subprocess whose compiler fails (CC=false) falls back, says why, and trains the same steps."""
+    """A real subprocess whose compiler fails (CC=false) falls back, says why in one line, and trains the same
+    steps; so does one with LAB_NATIVE=0; one whose cache folder cannot be made builds in the temp dir."""
     built = train_in_a_process(tmp_path)
     failed = train_in_a_process(tmp_path, CC=shutil.which("false") or "/bin/false", LAB_NATIVE_CACHE=str(tmp_path / "none"))
     off = train_in_a_process(tmp_path, LAB_NATIVE="0")
+    (tmp_path / "a-file").write_text("not a folder")
+    unwritable = train_in_a_process(tmp_path, LAB_NATIVE_CACHE=str(tmp_path / "a-file" / "cache"))
     assert built["native"] is bool(shutil.which("cc") or shutil.which("gcc"))
     assert not failed["native"] and "failed" in failed["why_not"]
-    assert not off["native"] and off["why_not"] == "LAB_NATIVE=0"
+    assert [ln for ln in failed["stderr"].splitlines() if "torch's ops" in ln] == [
+        f"{failed['why_not']}; training runs on torch's ops (the same numbers, ~1.6x slower steps)"]
+    assert not off["native"] and off["why_not"] == "LAB_NATIVE=0" and "torch's ops" not in off["stderr"]
+    assert unwritable["native"] is built["native"] and unwritable["losses"] == built["losses"]
     for other in (failed, off):
         assert other["losses"] == pytest.approx(built["losses"], rel=1e-5)
         assert other["weight"] == pytest.approx(built["weight"], rel=1e-4, abs=1e-6)

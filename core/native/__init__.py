@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -41,6 +42,11 @@ def _cpu_id() -> str:
 def cache_dir() -> Path:
     explicit = os.environ.get("LAB_NATIVE_CACHE")
     return Path(explicit) if explicit else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnist-lab" / "native"
+
+
+def _places() -> list[Path]:
+    """Where a build may go: the cache folder, else (a read-only home) a folder of this user's in the temp dir."""
+    return [cache_dir(), Path(tempfile.gettempdir()) / f"mnist-lab-native-{os.getuid() if hasattr(os, 'getuid') else 0}"]
 
 
 def _build(compiler: str, target: Path) -> None:
@@ -75,14 +81,20 @@ def library() -> ctypes.CDLL | None:
     for part in (*(here.joinpath(s).read_bytes() for s in SOURCES), " ".join(FLAGS).encode(), compiler.encode(),
                  _cpu_id().encode()):
         key.update(part)
-    target = cache_dir() / f"lab_kernels-{key.hexdigest()[:16]}.so"
-    try:
-        if not target.exists():
-            _build(compiler, target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as e:
-        _why_not = f"could not build or load the C kernels: {e}"
+    lib = None
+    for place in _places():
+        target = place / f"lab_kernels-{key.hexdigest()[:16]}.so"
+        try:
+            if not target.exists():
+                _build(compiler, target)
+            lib = ctypes.CDLL(str(target))
+            break
+        except (OSError, subprocess.SubprocessError) as e:
+            _why_not = f"could not build or load the C kernels in {place}: {e}"
+    if lib is None:
+        logging.getLogger(__name__).warning("%s; training runs on torch's ops (the same numbers, ~1.6x slower steps)", _why_not)
         return None
+    _why_not = ""
     f32, i64, u32, c_int, c_float = (ctypes.POINTER(ctypes.c_float), ctypes.c_int64, ctypes.c_uint32, ctypes.c_int,
                                      ctypes.c_float)
     lib.lab_keep_factors.argtypes = [f32, i64, u32, u32, u32, c_float, c_int]
