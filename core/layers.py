@@ -276,9 +276,9 @@ class ConvBlock(nn.Sequential):
     itself.
     """
 
-    def _fusable_tail(self) -> tuple[int, FastBatchNorm2d, FastDropout | None] | None:
-        """(index of the ReLU, the batch norm, the dropout or None) when the block ends in a tail the kernels fuse."""
-        layers = list(self)
+    @staticmethod
+    def _fusable_tail(layers: list[nn.Module]) -> tuple[int, FastBatchNorm2d, FastDropout | None] | None:
+        """(index of the ReLU, the batch norm, the dropout or None) when the layers end in a tail the kernels fuse."""
         drop = layers[-1] if isinstance(layers[-1], FastDropout) else None
         tail = layers[-3:] if drop else layers[-2:]
         at = len(layers) - len(tail)
@@ -292,14 +292,15 @@ class ConvBlock(nn.Sequential):
         return at, bn, drop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tail = self._fusable_tail() if self.training and x.device.type == "cpu" else None
+        layers = list(self)
+        tail = self._fusable_tail(layers) if self.training and x.device.type == "cpu" else None
         if tail is None or native.library() is None:
             return super().forward(x)
         at, bn, drop = tail
-        for layer in list(self)[:at]:
+        for layer in layers[:at]:
             x = layer(x)
         if not channels_last_cpu(x):
-            for layer in list(self)[at:]:
+            for layer in layers[at:]:
                 x = layer(x)
             return x
         dropping = drop is not None and drop.drop_levels > 0

@@ -127,7 +127,7 @@ def test_a_hooked_layer_runs_as_itself_and_eval_is_unchanged():
 
 
 def test_same_seed_same_bits():
-    a, b = build_model("Model3", 0.1).to(memory_format=CL), None
+    a = build_model("Model3", 0.1).to(memory_format=CL)
     b = copy.deepcopy(a)
     x = torch.randn(16, 1, 28, 28).contiguous(memory_format=CL)
     y = torch.randint(0, 10, (16,))

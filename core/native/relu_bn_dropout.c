@@ -46,6 +46,11 @@ void lab_keep_factors(float *out, int64_t n, uint32_t k0, uint32_t k1, uint32_t 
     for (int64_t i = 0; i < n; i++) out[i] = keep(i, k0, k1, drop, scale);
 }
 
+/* v[0..C) repeated over v[0..K): the per-channel terms laid out like a block of PB pixels. */
+static void repeat_channels(float *v, int C, int K) {
+    for (int j = C; j < K; j++) v[j] = v[j % C];
+}
+
 static void span(int64_t n, int t, int nt, int64_t *lo, int64_t *hi) {
     *lo = n * t / nt;
     *hi = n * (t + 1) / nt;
@@ -134,10 +139,8 @@ int lab_rbd_forward(const float *y, float *out, int64_t P, int C, const float *g
         B[c] = beta[c] - mean[c] * a;
     }
     const int K = PB * C;
-    for (int j = C; j < K; j++) {
-        A[j] = A[j % C];
-        B[j] = B[j % C];
-    }
+    repeat_channels(A, C, K);
+    repeat_channels(B, C, K);
     const int64_t nb = P / PB, total = P * C;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t b = 0; b < nb; b++) {
@@ -179,11 +182,9 @@ int lab_rbd_backward(const float *g, const float *y, float *gy, int64_t P, int C
     }
     if (!gy) return 0;
     const int K = PB * C;
-    for (int j = C; j < K; j++) {
-        A[j] = A[j % C];
-        B[j] = B[j % C];
-        Cc[j] = Cc[j % C];
-    }
+    repeat_channels(A, C, K);
+    repeat_channels(B, C, K);
+    repeat_channels(Cc, C, K);
     const int64_t nb = P / PB, total = P * C;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t b = 0; b < nb; b++) {
