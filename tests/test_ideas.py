@@ -63,7 +63,8 @@ def test_model2c_to_model3_adds_the_schedule_and_lighter_dropout():
     diff = step_diff("Model2c", "Model3")
     assert setting(diff["seed recipe"], "scheduler") == ("none", "plateau")
     assert setting(diff["reference recipe"], "scheduler") == ("none", "onecycle")
-    assert setting(diff["reference recipe"], "lr") == (0.01, 0.1)
+    assert setting(diff["reference recipe"], "lr") == (0.01, 0.05)
+    assert setting(diff["reference recipe"], "batch_size") == (128, 64)
     assert setting(diff["reference recipe"], "ema") == (0.0, 0.999)  # the weight average (issue 16)
     assert changed(diff, "dropout") == (0.25, 0.1)
     assert diff["parameters"]["before"] == diff["parameters"]["after"]
@@ -80,15 +81,17 @@ def test_tiny4k_to_sep4k_makes_the_convs_after_the_pool_separable_and_wider():
     assert changed(diff, "conv widths") == ("8, 12, 8, 10, 10, 10, 12", "8, 16, 8, 26, 26, 26, 26")
     assert changed(diff, "depthwise-separable convs") == (0, 4)
     assert diff["parameters"] == {"before": 4_892, "after": 4_894}
+    assert [r["setting"] for r in diff["reference recipe"]] == ["batch_size", "lr", "ema"]
+    assert setting(diff["reference recipe"], "batch_size") == (128, 64) and setting(diff["reference recipe"], "ema") == (0.0, 0.999)
 
 
-def test_sep4k_to_sep3k_thins_conv2_and_the_separable_convs_under_4000_and_halves_the_batch():
+def test_sep4k_to_sep3k_thins_conv2_and_the_separable_convs_under_4000_without_the_average():
     diff = step_diff("Sep4k", "Sep3k")
     assert changed(diff, "conv widths") == ("8, 16, 8, 26, 26, 26, 26", "8, 14, 8, 22, 22, 22, 22")
     assert diff["parameters"] == {"before": 4_894, "after": 3_942}
     assert diff["added"] == diff["removed"] == []
-    assert [r["setting"] for r in diff["reference recipe"]] == ["batch_size", "lr"]
-    assert setting(diff["reference recipe"], "batch_size") == (128, 64) and setting(diff["reference recipe"], "lr") == (0.1, 0.05)
+    assert [r["setting"] for r in diff["reference recipe"]] == ["ema"]
+    assert setting(diff["reference recipe"], "ema") == (0.999, 0.0)
 
 
 def test_a_non_step_is_refused():

@@ -112,7 +112,7 @@ def test_config_diff_lists_only_the_settings_that_differ():
     settings = [r["setting"] for r in rows]
     assert "model" in settings and "lr" in settings and "scheduler" in settings and "rotate_deg" not in settings
     lr = next(r for r in rows if r["setting"] == "lr")
-    assert (lr["seed"], lr["tuned"], lr["tiny"]) == (0.01, 0.1, 0.1)
+    assert (lr["seed"], lr["tuned"], lr["tiny"]) == (0.01, 0.05, 0.1)
     ema = next(r for r in rows if r["setting"] == "ema")
     assert (ema["seed"], ema["tuned"], ema["tiny"]) == (0.0, 0.999, 0.0)
     assert config_diff({"a": TrainConfig(), "b": TrainConfig()}) == []
