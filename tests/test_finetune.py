@@ -75,7 +75,7 @@ def test_trainer_starts_from_the_init_weights(synthetic_root):
 
 def test_init_switches_to_the_fine_tuning_recipe_and_bad_values_are_refused():
     ft = finetune_recipe("Model3", init="reference")
-    assert (ft.epochs, ft.init, ft.lr) == (2, "reference", 0.01)  # a tenth of the tuned recipe's peak lr 0.1
+    assert (ft.epochs, ft.init, ft.lr) == (2, "reference", 0.005)  # a tenth of the tuned recipe's peak lr 0.05
     for bad in ("referense", "run:", "run:x", "run:-1"):
         with pytest.raises(ConfigError, match="init must be reference or run:N"):
             small(init=bad)
