@@ -81,9 +81,9 @@ def library() -> ctypes.CDLL | None:
     for part in (*(here.joinpath(s).read_bytes() for s in SOURCES), " ".join(FLAGS).encode(), compiler.encode(),
                  _cpu_id().encode()):
         key.update(part)
-    lib = None
+    name, lib = f"lab_kernels-{key.hexdigest()[:16]}.so", None
     for place in _places():
-        target = place / f"lab_kernels-{key.hexdigest()[:16]}.so"
+        target = place / name
         try:
             if not target.exists():
                 _build(compiler, target)
