@@ -2,14 +2,17 @@
 
 A class with 20 tabs on one run must not mean 20 store reads and 60 rebuilt charts a second: a run and
 its epochs are read together at most once per READ_TTL seconds for all sessions, a run's charts are built
-once per new data for all sessions (then only serialised for each), and each tab re-sends its charts every
-CHART_S seconds while the line that says where the run is refreshes every REFRESH_S (both slower as more
-sessions watch: a new epoch and the run's end are pushed to the watching tabs at once, push.Pusher).
+once per new data for all sessions (then only serialised for each), and the server reruns each tab's live
+fragments itself (push.Pusher): a new epoch and the run's end at once, the status line's progress every
+status_pace() seconds and the charts every chart_pace(), both slower as more sessions watch and spread over
+that time. The fragments' own timers are a slow safety net (safety_net()) where the server pushes, and the
+paces of a lone watcher where it cannot.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -25,11 +28,11 @@ from core.runs import Run, RunStore
 STEP_POINTS = 600  # step points a live chart draws at most (the store thins longer runs)
 READ_TTL = 0.3  # seconds one read of a run serves every session (adds at most this to a new epoch's lag)
 RECONCILE_S = 5.0  # seconds between checks for runs whose training process died (marks them interrupted)
-REFRESH_S = 1.0  # seconds between refreshes of a live run's status line (progress, epochs recorded)
-SESSIONS_PER_REFRESH = 5  # with epochs pushed, the status line's own refresh slows by REFRESH_S per this many watchers
+REFRESH_S = 1.0  # seconds between redraws of a live run's status line (progress, epochs recorded) for a lone watcher
+SESSIONS_PER_REFRESH = 5  # with the server pushing, the status line's pace slows by REFRESH_S per this many watchers
 MAX_REFRESH_S = 5.0
-CHART_S = 3.0  # seconds between refreshes of its charts (three Plotly specs per tab: the costly part to send and draw)
-
+CHART_S = 3.0  # seconds between redraws of its charts for a lone watcher (three pictures per tab: the costly part)
+SAFETY_NET_S = 10.0  # with the server pushing, a live fragment's own timer: 1-1.5x this (x2 for the charts), per tab
 
 @dataclass(frozen=True)
 class RunView:
@@ -116,25 +119,26 @@ def watch(run_id: int) -> RunView:
 pusher = push.Pusher()
 
 
-def refresh_interval(watchers: int, pushed: bool) -> float:
-    """Seconds between a live status line's own refreshes when `watchers` sessions watch live runs on this server:
-    REFRESH_S, longer as more watch (up to MAX_REFRESH_S) when new epochs and status changes are `pushed` to them
-    at once (then the timer only moves the progress bar); REFRESH_S whatever the load when they are not."""
-    if not pushed:
-        return REFRESH_S
+def status_pace(watchers: int) -> float:
+    """Seconds between pushed redraws of a live status line's progress when `watchers` sessions watch live runs on
+    this server: REFRESH_S, longer as more watch (up to MAX_REFRESH_S). Epochs and the run's end are pushed at once."""
     return min(MAX_REFRESH_S, REFRESH_S * (1 + watchers // SESSIONS_PER_REFRESH))
 
 
-def status_interval() -> float:
-    """The status line's refresh interval for a page drawn now (refresh_interval on this server's watchers)."""
-    return refresh_interval(pusher.watching(), pusher.available)
+def chart_pace(watchers: int) -> float:
+    """Seconds between pushed redraws of a live run's charts (and the queue's list): CHART_S, or twice the status
+    line's pace once that has slowed further (the browsers of a class draw the charts less often)."""
+    return max(CHART_S, 2 * status_pace(watchers))
 
 
-def chart_interval(status_every: float) -> float:
-    """Seconds between refreshes of a live run's charts when its status line refreshes every `status_every`:
-    CHART_S, or twice the status line's interval once that has backed off further (the browsers of a class
-    draw the charts less often, so that a pushed epoch is drawn at once)."""
-    return max(CHART_S, 2 * status_every)
+def safety_net(every: float, pushed: bool | None = None) -> float:
+    """Seconds for a live fragment's own timer, drawn now, that the server otherwise redraws every `every` seconds
+    or sooner: with pushes, a slow net for a lost push (SAFETY_NET_S, x2 for fragments paced slower than a lone
+    status line), different in each tab so that tabs opened together do not fire together; without pushes (another
+    Streamlit), the timer is the pace itself. `pushed`: whether the server pushes (None: this server's pusher)."""
+    if not (pusher.available if pushed is None else pushed):
+        return every
+    return SAFETY_NET_S * (1 if every <= REFRESH_S else 2) * (1 + random.random() / 2)
 
 
 def moved(view: RunView) -> tuple:
@@ -142,11 +146,41 @@ def moved(view: RunView) -> tuple:
     return len(view.epochs), view.run.status
 
 
-def push_when_moved(view: RunView) -> None:
-    """From a fragment drawing `view`: rerun it as soon as the run records an epoch or changes status (push.Pusher),
-    not only on its timer."""
+def status_shows(view: RunView) -> push.State:
+    """What a run's status line shows: (at once) its epochs and status; (at its pace) where in the epoch it is, a
+    stop asked for and its step points, or, queued, its place and estimate (which move with the clock)."""
+    run = view.run
+    if run.status == "queued":
+        return moved(view), push.ALWAYS
+    return moved(view), (run.epoch, run.batch, run.stop_requested, len(view.steps))
+
+
+def chart_shows(view: RunView) -> push.State:
+    """What a run's training charts show (at their pace; an epoch waits for it): its step points and epochs."""
+    return (), (len(view.steps), view.steps[-1]["step"] if view.steps else 0, len(view.epochs), view.run.active)
+
+
+def follow(view: RunView, part: str, again: bool = False) -> None:
+    """From the fragment drawing `part` ("status" or "charts") of a run: while the run is active, the server reruns
+    it when the run moves (push.Pusher), at once or at its pace, rather than only on the fragment's own timer;
+    `again`: once more at its pace after the run ended (the status line then redraws the whole page)."""
+    if not (view.run.active or again):
+        pusher.leave()
+        return
     store, run_id = lab.store(), view.run.id
-    pusher.watch((store.url, run_id), moved(view), lambda: moved(shared.view(store, run_id)))
+    shows, pace = (status_shows, status_pace) if part == "status" else (chart_shows, chart_pace)
+    shown = shows(view)
+    pusher.watch((store.url, run_id, part), (shown[0], None) if again else shown,
+                 lambda: shows(shared.view(store, run_id)), pace)
+
+
+def follow_clock(name: str, on: bool = True) -> None:
+    """From a fragment whose content moves with the clock while `on` (the queue's estimates while it has runs, a
+    live run's layer health): the server reruns it at the charts' pace; not once it is off."""
+    if on:
+        pusher.watch((lab.store().url, name), ((), push.ALWAYS), lambda: ((), push.ALWAYS), chart_pace)
+    else:
+        pusher.leave()
 
 
 GHOST = "rgba(120,120,120,0.45)"

@@ -1,39 +1,71 @@
-"""Rerun the status line of every tab watching a run as soon as a new epoch (or the run's end) is in the store.
+"""Rerun the live fragments of every tab watching a run from the server: at once when the run records an epoch or
+changes status, and at a pace, spread over time, for what moves in between (progress, step points, the queue).
 
 A fragment's `run_every` timer lives in the browser: the tab asks for a rerun when its timer fires, so a new
 epoch waits for the next tick, and with a class's tabs sharing a machine the ticks and their requests run late
-(20 tabs on this 2-core box: 1.3 s median, 4 s worst from the row's write to the tab showing it). Streamlit has
-no public call for a server to rerun a session, so this uses its runtime the way its own file watcher does
-(AppSession.request_rerun on the server's event loop, with the session's last client state and the fragment's
-id): one thread per server looks at the shared read of each watched run (live.SharedReads, no extra store
-reads) every POLL_S seconds and reruns the watching fragments when the run's epoch count or status moved.
-Where Streamlit's internals differ (another version), `Pusher.available` is False and the timers alone serve.
+(20 tabs on this 2-core box: 1.3 s median, 4 s worst from the row's write to the tab showing it). A timer is
+also fixed when the page is drawn: the first tabs of a class kept the fast timers of a lone watcher, and tabs
+opened together fired together. Streamlit has no public call for a server to rerun a session, so this uses its
+runtime the way its own file watcher does (AppSession.request_rerun on the server's event loop, with the
+session's last client state and the fragment's id). One thread per server looks at what each watched fragment
+shows (from live.SharedReads: no extra store reads) every POLL_S seconds and reruns it
+
+* at once when its urgent part moved (a run's epochs recorded and status), and
+* when its paced part moved (progress, step points) and its pace has passed since it last drew: the pace is
+  set from the number of watching sessions at every look (more watchers: slower), the most overdue first, a
+  few per look (so that a class's redraws are spread over the pace, not fired together), and not within
+  QUIET_S of an urgent push (the browsers are drawing the epoch) unless overdue twice over.
+
+The fragments' own timers stay as a slow safety net (a push lost in a full rerun). Where Streamlit's internals
+differ (another version), `Pusher.available` is False and the timers alone serve, at the paces of a lone watcher.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 _LOG = logging.getLogger(__name__)
 
 POLL_S = 0.1  # seconds between looks at the shared reads (each look is in memory; a read is at most live.READ_TTL old)
-FORGET_S = 30.0  # a tab not heard from for this long (closed, or watching another run) is dropped
+FORGET_S = 60.0  # a fragment not run for this long (its tab closed or moved on; its safety-net timer is shorter)
+QUIET_S = 0.5  # after an urgent push, paced redraws wait this long (unless overdue twice over)
+
+
+class _Always:
+    """A paced state that differs from every other: the fragment redraws at each pace (e.g. estimates that tick)."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return "ALWAYS"
+
+
+ALWAYS = _Always()
+
+State = tuple[Hashable, object]  # (urgent part, paced part) of what a fragment shows
 
 
 @dataclass
 class Watcher:
-    fragment_id: str
-    shown: tuple  # (epochs, status) the tab drew last
-    seen_at: float
+    topic: Hashable  # what the fragment shows (e.g. a run's status line): one read of it serves all its watchers
+    shown: State  # what the tab drew last (or was last pushed to draw)
+    pace: Callable[[int], float] | None  # watching sessions -> seconds between paced redraws (None: urgent only)
+    drawn_at: float  # when it last drew, or was pushed
+    seen_at: float  # when its fragment last ran
 
 
 def _streamlit_hooks():
     """(here, rerun) from Streamlit's runtime, or None where this Streamlit lacks them: here() gives (this session's
-    id, this fragment's id) inside a fragment, else None; rerun(session, fragment) reruns that session's fragment."""
+    id, this fragment's id) inside a fragment, else None; rerun(session, fragment) reruns that session's fragment
+    and says whether the session still holds it."""
     try:
         from streamlit.proto.ClientState_pb2 import ClientState
         from streamlit.runtime import get_instance
@@ -52,6 +84,8 @@ def _streamlit_hooks():
         if info is None:
             return False
         session = info.session
+        if hasattr(session, "has_fragment") and not session.has_fragment(fragment_id):
+            return False  # the tab moved to another page (a full rerun re-registers a fragment it draws again)
         state = ClientState()
         state.CopyFrom(session._client_state)  # query string and page of the tab's last run
         state.ClearField("widget_states")  # no widget changes (and no button press replayed)
@@ -64,21 +98,25 @@ def _streamlit_hooks():
 
 
 class Pusher:
-    """Which tabs watch which run, and the thread that reruns their fragment when the run moves."""
+    """Which fragments of which tabs show what, and the thread that reruns them when it moves."""
 
     def __init__(self, poll_s: float = POLL_S):
         self.poll_s = poll_s
         self._lock = threading.Lock()
-        self._watchers: dict[tuple[str, int], dict[str, Watcher]] = {}  # (store url, run) -> session -> watcher
-        self._latest: dict[tuple[str, int], Callable[[], tuple]] = {}  # how to read a run's (epochs, status)
+        self._watchers: dict[tuple[str, str], Watcher] = {}  # (session, fragment) -> what it shows
+        self._latest: dict[Hashable, Callable[[], State]] = {}  # topic -> how to read what it should show now
+        self._quiet_until = 0.0
         self._thread: threading.Thread | None = None
         hooks = _streamlit_hooks()
         self.available = hooks is not None
         self._here, self._rerun = hooks if hooks else (None, None)
-        self.pushes = 0  # fragment reruns requested, for tests
+        self.pushes = 0  # fragment reruns requested, for tests and measurements
+        self.paced = 0  # of which paced (not urgent)
 
-    def watch(self, key: tuple[str, int], shown: tuple, latest: Callable[[], tuple]) -> None:
-        """Called from a fragment that draws run `key` as `shown`: rerun it when `latest()` differs."""
+    def watch(self, topic: Hashable, shown: State, latest: Callable[[], State],
+              pace: Callable[[int], float] | None = None) -> None:
+        """Called from a fragment that drew `topic` as `shown` (urgent part, paced part): rerun it when `latest()`'s
+        urgent part differs, and when its paced part differs and `pace(watching sessions)` seconds have passed."""
         if not self.available:
             return
         try:
@@ -88,60 +126,89 @@ class Pusher:
             return
         if here is None:  # not inside a fragment
             return
-        session_id, fragment_id = here
+        now = time.monotonic()
         with self._lock:
-            for watchers in self._watchers.values():  # a tab watches one run at a time
-                watchers.pop(session_id, None)
-            self._watchers.setdefault(key, {})[session_id] = Watcher(fragment_id, shown, time.monotonic())
-            self._latest[key] = latest
+            self._watchers[here] = Watcher(topic, shown, pace, now, now)  # a fragment shows one topic at a time
+            self._latest[topic] = latest
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="live-push", daemon=True)
                 self._thread.start()
 
+    def leave(self) -> None:
+        """Called from a fragment that no longer shows anything live: the server stops rerunning it."""
+        if self.available:
+            here = self._here()
+            with self._lock:
+                self._watchers.pop(here, None)
+
     def watching(self) -> int:
-        """Sessions watching a live run on this server now."""
+        """Sessions watching something live on this server now."""
         with self._lock:
-            return sum(len(w) for w in self._watchers.values())
+            return len({sid for sid, _ in self._watchers})
 
     def _loop(self) -> None:
         while self.available:
             time.sleep(self.poll_s)
             self.tick()
 
+    def _due(self, now: float, latest: dict[Hashable, State]) -> list[tuple[tuple[str, str], Watcher, bool]]:
+        """The fragments to rerun now, (key, watcher, urgent), marked as pushed (call with the lock held)."""
+        sessions = len({sid for sid, _ in self._watchers})
+        urgent, paced, rate = [], [], 0.0
+        for key, w in self._watchers.items():
+            if w.topic not in latest:
+                continue
+            now_shows = latest[w.topic]
+            if w.shown[0] != now_shows[0]:
+                urgent.append((key, w))
+            elif w.pace is not None:
+                pace = w.pace(sessions)
+                rate += self.poll_s / pace
+                late = (now - w.drawn_at) / pace
+                if late >= 1 and w.shown[1] != now_shows[1]:
+                    paced.append((late, key, w))
+        if urgent:
+            self._quiet_until = now + QUIET_S
+        if now < self._quiet_until:  # the browsers are drawing an epoch: only what is overdue twice over
+            paced = [p for p in paced if p[0] >= 2]
+        paced.sort(key=lambda p: -p[0])
+        budget = max(1, math.ceil(2 * rate))  # twice the steady rate of paced redraws a look: spread, catching up
+        due = [(key, w, True) for key, w in urgent] + [(key, w, False) for _, key, w in paced[:budget]]
+        for _, w, _ in due:
+            w.shown, w.drawn_at = latest[w.topic], now  # once per change: the rerun re-registers with what it drew
+        return due
+
     def tick(self) -> None:
-        """One look at every watched run; rerun the fragments of tabs that drew an older state."""
+        """One look at every watched topic; rerun the fragments that are due."""
         now = time.monotonic()
         with self._lock:
-            for gone in [k for k, w in self._watchers.items() if not w]:  # nobody watches these runs any more
-                del self._watchers[gone]
-                self._latest.pop(gone, None)
-            keys = list(self._watchers)
-        for key in keys:
+            for key in [k for k, w in self._watchers.items() if now - w.seen_at > FORGET_S]:
+                del self._watchers[key]
+            topics = {w.topic for w in self._watchers.values()}
+            self._latest = {t: f for t, f in self._latest.items() if t in topics}
+            reads = dict(self._latest)
+        latest: dict[Hashable, State] = {}
+        for topic, read in reads.items():
             try:
-                latest = self._latest[key]()
+                latest[topic] = read()
             except Exception:  # noqa: BLE001 - the run is gone or the store unreadable: its tabs say so themselves
                 with self._lock:
+                    for key in [k for k, w in self._watchers.items() if w.topic == topic]:
+                        del self._watchers[key]
+        with self._lock:
+            due = self._due(now, latest)
+        for key, _, urgent in due:
+            try:
+                alive = self._rerun(*key)
+            except Exception:  # noqa: BLE001 - Streamlit's internals moved: say so once, the timers serve
+                _LOG.warning("live push off: this Streamlit's runtime differs; tabs refresh on their timers", exc_info=True)
+                self.available = False
+                with self._lock:
+                    self._watchers.clear()
+                return
+            if alive:
+                self.pushes += 1
+                self.paced += not urgent
+            else:  # the session has gone, or no longer draws this fragment
+                with self._lock:
                     self._watchers.pop(key, None)
-                continue
-            with self._lock:
-                watchers = self._watchers.get(key, {})
-                due = [(sid, w) for sid, w in watchers.items() if w.shown != latest]
-                for sid, w in list(watchers.items()):
-                    if now - w.seen_at > FORGET_S:
-                        del watchers[sid]
-                for _, w in due:
-                    w.shown = latest  # once per change: the rerun re-registers with what it drew
-            for sid, w in due:
-                try:
-                    alive = self._rerun(sid, w.fragment_id)
-                except Exception:  # noqa: BLE001 - Streamlit's internals moved: say so once, the timers serve
-                    _LOG.warning("live push off: this Streamlit's runtime differs; tabs refresh on their timers", exc_info=True)
-                    self.available = False
-                    with self._lock:
-                        self._watchers.clear()
-                    return
-                if alive:
-                    self.pushes += 1
-                else:  # the session has gone
-                    with self._lock:
-                        self._watchers.get(key, {}).pop(sid, None)

@@ -34,9 +34,10 @@ EPOCHS_SHOWN = re.compile(rb"(\d+) epoch\(s\) recorded")
 
 
 async def session(url: str, query: str, arrived: dict[int, float], stop: asyncio.Event, reruns: list[int],
-                  timers_on: bool = True) -> None:
+                  timers_on: bool = True, frames: list[tuple[float, bytes]] | None = None) -> None:
     """One watching session: the page's first run, then fragment reruns on the timers the server asks for
-    (`timers_on`; without them, only what the server sends by itself arrives)."""
+    (`timers_on`; without them, only what the server sends by itself arrives). `frames`: every message received
+    is noted there, (time.time(), bytes)."""
     import websockets
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
@@ -69,6 +70,8 @@ async def session(url: str, query: str, arrived: dict[int, float], stop: asyncio
             except TimeoutError:
                 continue
             now = time.time()
+            if frames is not None:
+                frames.append((now, data))
             for m in EPOCHS_SHOWN.finditer(data):
                 arrived.setdefault(int(m[1]), now)
             msg = ForwardMsg()

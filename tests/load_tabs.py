@@ -54,17 +54,20 @@ window.WebSocket = class extends NativeWebSocket {  // noted in the page: relayi
     });
   }
 };
-let pending = false, last = "";
+let pending = false, last = "", saved_at = -1, changes = 0;
 function check() {
   pending = false;
   const now = Date.now();
   for (const el of document.querySelectorAll('[data-testid="stCaptionContainer"]')) {
     const m = el.textContent.match(/(\d+) epoch\(s\) recorded/);
-    if (m && !(m[1] in window.__epochs)) window.__epochs[m[1]] = now;
+    if (m && !(m[1] in window.__epochs)) { window.__epochs[m[1]] = now; changes++; }
   }
   const bar = document.querySelector('[data-testid="stProgress"]');
   const text = bar ? bar.textContent : "";
-  if (text && text !== last) { last = text; window.__progress.push([now, text]); }
+  if (text && text !== last) { last = text; window.__progress.push([now, text]); changes++; }
+  const delivered = Object.keys(window.__delivered).length;
+  if (changes + delivered === saved_at) return;  // written only when something changed: the writes cost the shared cores
+  saved_at = changes + delivered;
   sessionStorage.setItem("watch", JSON.stringify({epochs: window.__epochs, progress: window.__progress, loads: window.__loads,
                                                   delivered: window.__delivered}));
 }

@@ -1,13 +1,15 @@
-"""The server reruns the status line of every session watching a live run as soon as an epoch is recorded
-(dashboard/push.py), not only when the session's own fragment timer asks. Real server, real trainer process,
-real websocket sessions speaking Streamlit's protocol (tests/load_sessions.py) that never answer their timers:
-whatever they see after the page's first run, the server sent by itself.
+"""The server reruns the live fragments of every session watching a run (dashboard/push.py): the status line as
+soon as an epoch is recorded, and the progress and the charts at a pace, not only when the session's own fragment
+timers ask. Real server, real trainer process, real websocket sessions speaking Streamlit's protocol
+(tests/load_sessions.py) that never answer their timers: whatever they see after the page's first run, the server
+sent by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,27 +22,33 @@ from tests.load_sessions import session
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 3
+PROGRESS = re.compile(rb"running \xc2\xb7 epoch (\d+)/\d+, batch (\d+)/\d+")  # the status line's progress text
+CHARTS = b"data:image/svg+xml;base64,"  # a live chart (an SVG picture) in a message
 
 
-def test_sessions_that_never_answer_their_timers_see_every_epoch_of_a_live_run(tmp_path):
-    data = make_synthetic_mnist(tmp_path / "mnist", n_train=6000, n_test=500)
+def test_sessions_that_never_answer_their_timers_see_every_epoch_at_once_and_progress_and_charts_at_a_pace(tmp_path):
+    data = make_synthetic_mnist(tmp_path / "mnist", n_train=20000, n_test=500)
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     store = RunStore(db)
     run_id = store.create_run(TrainConfig(model="Model2", epochs=EPOCHS, test_limit=500))
     proc, base = start_streamlit(ROOT, {**os.environ, "MNIST_LAB_DB": db, "MNIST_ROOT": str(data)}, tmp_path)
     url = base.replace("http://", "ws://") + "/_stcore/stream"
     arrived: list[dict[int, float]] = [{}, {}]
+    frames: list[list[tuple[float, bytes]]] = [[], []]
     trainer = None
+    started = 0.0
 
     async def watch() -> None:
-        nonlocal trainer
+        nonlocal trainer, started
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(session(url, f"run={run_id}", seen, stop, [0], timers_on=False)) for seen in arrived]
+        tasks = [asyncio.create_task(session(url, f"run={run_id}", seen, stop, [0], timers_on=False, frames=got))
+                 for seen, got in zip(arrived, frames, strict=True)]
         try:
             deadline = time.monotonic() + 60
             while not all(0 in seen for seen in arrived) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             assert all(0 in seen for seen in arrived), "the sessions never showed the queued run"
+            started = time.time()
             trainer = subprocess.Popen([sys.executable, "-m", "core.train", "--run-id", str(run_id), "--runs", db, "--quiet",
                                         "--data", str(data)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 120
@@ -58,6 +66,16 @@ def test_sessions_that_never_answer_their_timers_see_every_epoch_of_a_live_run(t
             trainer.kill()
         stop_server(proc)
     assert [r["epoch"] for r in store.epochs(run_id)] == list(range(1, EPOCHS + 1))
-    for seen in arrived:  # without the push, nothing after the first run reaches a session that sends no timer reruns
-        assert sorted(seen) == list(range(EPOCHS + 1)), f"epochs shown: {sorted(seen)} (server log: {tmp_path}/streamlit.log)"
+    for seen, got in zip(arrived, frames, strict=True):  # without the push, nothing after the first run reaches a
+        log = f"(server log: {tmp_path}/streamlit.log)"  # session that sends no timer reruns
+        assert sorted(seen) == list(range(EPOCHS + 1)), f"epochs shown: {sorted(seen)} {log}"
+        # between epochs, the server pushes where the epoch is (every live.REFRESH_S for a lone watcher) ...
+        progress = {(int(m[1]), int(m[2])) for t, data in got if t > started for m in PROGRESS.finditer(data)}
+        within = [e for e in range(EPOCHS) if sum(1 for pe, b in progress if pe == e and b > 0) >= 2]
+        assert within, f"progress lines pushed within an epoch: {sorted(progress)} {log}"
+        # ... and the charts' new step points (every live.CHART_S), never faster than their pace
+        pictures = [t for t, data in got if t > started and CHARTS in data]  # three a redraw, one message each
+        charts = [t for i, t in enumerate(pictures) if i == 0 or t - pictures[i - 1] > 0.5]
+        assert len(charts) >= 2, f"charts pushed {len(charts)} time(s) while training {log}"
+        assert len(charts) <= (seen[EPOCHS] - started) / 3.0 + 2, f"charts pushed {len(charts)} times {log}"
 

@@ -132,9 +132,10 @@ def chosen_run_id() -> int | None:
 
 
 def live_run(run_id: int, every: float | None) -> None:
-    """Where the run is (status, progress, epochs recorded), redrawn every `every` seconds while it is active
-    (None: drawn once). Only what moves is in here: each watching tab redraws it on that timer. All sessions
-    share one read of the store (live.watch); nothing here trains."""
+    """Where the run is (status, progress, epochs recorded), redrawn while it is active (`every`: its own timer;
+    None: drawn once): the server reruns it at once when the run records an epoch or ends, and at a pace for the
+    progress (live.follow). Only what moves is in here. All sessions share one read of the store (live.watch);
+    nothing here trains."""
     try:
         view = live.watch(run_id)
     except StoreError as e:
@@ -162,8 +163,8 @@ def live_run(run_id: int, every: float | None) -> None:
     st.caption(f"{len(rows)} epoch(s) recorded" + (f" · best test {best:.2f}%" if best is not None else "")
                + (f" · {len(view.steps)} step point(s)" if view.steps else ""))
     stop_control(run)
-    if every and run.active:
-        live.push_when_moved(view)  # a new epoch or the run's end reaches this tab at once, not on its next tick
+    # a new epoch or the run's end reaches this tab at once, not on its next tick; once ended, one more redraw
+    live.follow(view, "status", again=bool(every) and not run.active and st.session_state.get("ended") != run.id)
     if every and not run.active:  # the run ended: after one more refresh showing how (and its last epoch), the
         if st.session_state.get("ended") == run.id:  # whole page reruns (its buttons, the model pickers elsewhere)
             if estimate.entry_of(lab.class_queue(), run.id):  # the queue's shared read is from before the end
@@ -224,7 +225,7 @@ def run_controls(run) -> None:
 
 
 def live_charts(run_id: int, ghost: tuple | None) -> None:
-    """The run's three training charts, redrawn on their own, slower timer (live.CHART_S) while it is active, as
+    """The run's three training charts, redrawn at their own, slower pace (live.chart_pace) while it is active, as
     pictures (SVG) while it trains and as Plotly charts (hover, zoom) once it has ended: re-sending and redrawing
     three Plotly charts in every tab cost the browsers most of a refresh. `ghost`: the reference run drawn behind."""
     try:
@@ -233,6 +234,7 @@ def live_charts(run_id: int, ghost: tuple | None) -> None:
         return  # live_run says so
     if view.run.active and not view.steps:
         st.caption("The first points come a few seconds after the training process starts (it loads MNIST first).")
+    live.follow(view, "charts")
     acc, loss, lr = live.training_charts(view, (ghost[0], ghost[1]["epochs"]) if ghost else None)
     for col, chart, key in zip(st.columns(3), (acc, loss, lr), ("acc", "loss", "lr"), strict=True):
         if isinstance(chart, str):  # live: an SVG, shown as a picture (no DOM or React work per redraw)
@@ -241,8 +243,9 @@ def live_charts(run_id: int, ghost: tuple | None) -> None:
             col.plotly_chart(chart, key=key)
 
 
-def layer_health(run_id: int) -> None:
-    """Layer health charts, read from the store when drawn (on the charts' timer while the run is active)."""
+def layer_health(run_id: int, active: bool) -> None:
+    """Layer health charts, read from the store when drawn (at the charts' pace while the run is `active`)."""
+    live.follow_clock(f"health-{run_id}", active)
     ratio, dead, hist = live.health_charts(lab.store(), run_id)
     if ratio is None and dead is None:
         st.caption("Nothing recorded yet: the training process measures a step every few seconds.")
@@ -251,10 +254,10 @@ def layer_health(run_id: int) -> None:
             st.plotly_chart(fig, key=f"health-{key}")
 
 
-def watched_run(run_id: int, pace: float) -> None:
-    """A run's page: its title, the status line (every `pace` seconds while active: live.status_interval), its
-    buttons, its charts (every few seconds while active) and, drawn with the page, the chart options, layer
-    health and config."""
+def watched_run(run_id: int) -> None:
+    """A run's page: its title, the status line and its charts (rerun by the server while the run is active: at
+    once on a new epoch, every few seconds for progress and step points), its buttons and, drawn with the page,
+    the chart options, layer health and config."""
     try:
         run = live.watch(run_id).run
     except StoreError as e:
@@ -263,21 +266,22 @@ def watched_run(run_id: int, pace: float) -> None:
     user = lab.current_user()
     st.subheader(f"Run {run.id}: {run.model}" + (f" · {run.label}" if run.label else "")
                  + (f" · {run.owner}'s" if user is not None and run.owner else ""))
-    every = pace if run.active else None  # redrawn on timers while queued or training
+    every = live.safety_net(live.REFRESH_S) if run.active else None  # own timer while queued or training
     if run.active:
         st.session_state.pop("ended", None)
     st.fragment(live_run, run_every=every)(run_id, every)
     run_controls(run)
     reference = reference_for(run.config)  # what this run is measured against, from the first second
     ghost = reference if reference and st.session_state.get("ghost", True) else None
-    st.fragment(live_charts, run_every=live.chart_interval(every) if every else None)(run_id, ghost)
+    charts_every = live.safety_net(live.CHART_S) if run.active else None
+    st.fragment(live_charts, run_every=charts_every)(run_id, ghost)
     if reference:
         st.toggle("Show the reference run (grey, behind)", True, key="ghost",
                   help="the shipped run of the same variant, under the same recipe where one ships")
         if ghost:
             st.caption(f"Grey, behind: {ghost[0]}, the shipped run this one is measured against.")
     if st.toggle("Layer health", False, key=f"health-{run.id}", help="is every layer learning? read from the store when shown"):
-        st.fragment(layer_health, run_every=live.chart_interval(every) if every else None)(run_id)
+        st.fragment(layer_health, run_every=charts_every)(run_id, run.active)
     with st.expander("Config"):
         st.json(run.config.to_json())
 
@@ -287,6 +291,7 @@ def active_runs(current: int | None) -> None:
     shows it (and puts it in the URL). With identity on: the user's own, unless the class's are asked for
     (positions are always in the whole class's queue)."""
     entries = lab.class_queue()
+    live.follow_clock("queue", bool(entries))  # its estimates move with the clock
     user = lab.current_user()
     owner = lab.listed_owner("queue-class")
     if owner is not None:
@@ -336,13 +341,12 @@ def main() -> None:
     with left:
         settings_form()
     with right:
-        pace = live.status_interval()  # the live timers' pace on this server now (slower as more tabs watch)
-        # the queue's places and times move while runs train: redrawn on the charts' timer while it has runs
-        st.fragment(active_runs, run_every=live.chart_interval(pace) if lab.class_queue() else None)(run_id)
+        # the queue's places and times move while runs train: redrawn at the charts' pace while it has runs
+        st.fragment(active_runs, run_every=live.safety_net(live.CHART_S) if lab.class_queue() else None)(run_id)
         if run_id is None:
             st.info("No run yet: choose a variant and press Start.")
             return
-        watched_run(run_id, pace)
+        watched_run(run_id)
 
 
 main()
