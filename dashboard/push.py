@@ -110,8 +110,6 @@ class Pusher:
         hooks = _streamlit_hooks()
         self.available = hooks is not None
         self._here, self._rerun = hooks if hooks else (None, None)
-        self.pushes = 0  # fragment reruns requested, for tests and measurements
-        self.paced = 0  # of which paced (not urgent)
 
     def watch(self, topic: Hashable, shown: State, latest: Callable[[], State],
               pace: Callable[[int], float] | None = None) -> None:
@@ -141,18 +139,13 @@ class Pusher:
             with self._lock:
                 self._watchers.pop(here, None)
 
-    def watching(self) -> int:
-        """Sessions watching something live on this server now."""
-        with self._lock:
-            return len({sid for sid, _ in self._watchers})
-
     def _loop(self) -> None:
         while self.available:
             time.sleep(self.poll_s)
             self.tick()
 
-    def _due(self, now: float, latest: dict[Hashable, State]) -> list[tuple[tuple[str, str], Watcher, bool]]:
-        """The fragments to rerun now, (key, watcher, urgent), marked as pushed (call with the lock held)."""
+    def _due(self, now: float, latest: dict[Hashable, State]) -> list[tuple[str, str]]:
+        """The fragments to rerun now, (session, fragment), marked as pushed (call with the lock held)."""
         sessions = len({sid for sid, _ in self._watchers})
         urgent, paced, rate = [], [], 0.0
         for key, w in self._watchers.items():
@@ -173,10 +166,10 @@ class Pusher:
             paced = [p for p in paced if p[0] >= 2]
         paced.sort(key=lambda p: -p[0])
         budget = max(1, math.ceil(2 * rate))  # twice the steady rate of paced redraws a look: spread, catching up
-        due = [(key, w, True) for key, w in urgent] + [(key, w, False) for _, key, w in paced[:budget]]
-        for _, w, _ in due:
+        due = urgent + [(key, w) for _, key, w in paced[:budget]]
+        for _, w in due:
             w.shown, w.drawn_at = latest[w.topic], now  # once per change: the rerun re-registers with what it drew
-        return due
+        return [key for key, _ in due]
 
     def tick(self) -> None:
         """One look at every watched topic; rerun the fragments that are due."""
@@ -197,7 +190,7 @@ class Pusher:
                         del self._watchers[key]
         with self._lock:
             due = self._due(now, latest)
-        for key, _, urgent in due:
+        for key in due:
             try:
                 alive = self._rerun(*key)
             except Exception:  # noqa: BLE001 - Streamlit's internals moved: say so once, the timers serve
@@ -206,9 +199,6 @@ class Pusher:
                 with self._lock:
                     self._watchers.clear()
                 return
-            if alive:
-                self.pushes += 1
-                self.paced += not urgent
-            else:  # the session has gone, or no longer draws this fragment
+            if not alive:  # the session has gone, or no longer draws this fragment
                 with self._lock:
                     self._watchers.pop(key, None)
