@@ -1,8 +1,8 @@
 """How many browser tabs can watch one live run on the Train page: a bounded load measurement, not a test.
 
 Starts `streamlit run dashboard/Home.py` on a loopback port over a fresh run store, opens N tabs of Debian's
-Chromium on /Train?run=1, then trains a small real run (Model2, 6,000 images) into that store. Each tab notes,
-in the page itself, when its "N epoch(s) recorded" caption first shows each epoch and every change of its
+Chromium on /Train?run=1, then trains a small real run (Model2, 3,000 images an epoch by default) into that
+store. Each tab notes, in the page itself, when its "N epoch(s) recorded" caption first shows each epoch and every change of its
 progress line; this script polls the store for the time each epoch row appears. Reports, per tab, the lag
 of each epoch (shown - written; and delivered - written, when the caption's message reached the page's
 websocket, before the browser rendered it: noted in the page, not relayed out through the browser's
