@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 3
 PROGRESS = re.compile(rb"running \xc2\xb7 epoch (\d+)/\d+, batch (\d+)/\d+")  # the status line's progress text
 CHARTS = b"data:image/svg+xml;base64,"  # a live chart (an SVG picture) in a message
+ENDED = b'"text":"Accuracy"'  # the Plotly chart of an ended run: the whole page was drawn again after the end
 
 
 def test_sessions_that_never_answer_their_timers_see_every_epoch_at_once_and_progress_and_charts_at_a_pace(tmp_path):
@@ -54,6 +55,9 @@ def test_sessions_that_never_answer_their_timers_see_every_epoch_at_once_and_pro
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not all(EPOCHS in seen for seen in arrived):
                 await asyncio.sleep(0.2)
+            deadline = time.monotonic() + 15  # the page's own redraw after the end comes a pace later
+            while time.monotonic() < deadline and not all(any(ENDED in data for _, data in got) for got in frames):
+                await asyncio.sleep(0.2)
         finally:  # the sessions end on `stop` (a cancelled one may not: Python 3.11's wait_for can swallow it)
             stop.set()
             await asyncio.gather(*tasks)
@@ -78,4 +82,6 @@ def test_sessions_that_never_answer_their_timers_see_every_epoch_at_once_and_pro
         charts = [t for i, t in enumerate(pictures) if i == 0 or t - pictures[i - 1] > 0.5]
         assert len(charts) >= 2, f"charts pushed {len(charts)} time(s) while training {log}"
         assert len(charts) <= (seen[EPOCHS] - started) / 3.0 + 2, f"charts pushed {len(charts)} times {log}"
+        # and once the run has ended, the whole page (its Plotly charts, Resume or Delete) without a timer
+        assert any(ENDED in data for t, data in got if t >= seen[EPOCHS]), f"the page was not drawn again after the end {log}"
 
