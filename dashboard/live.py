@@ -34,6 +34,7 @@ MAX_REFRESH_S = 5.0
 CHART_S = 3.0  # seconds between redraws of its charts for a lone watcher (three pictures per tab: the costly part)
 SAFETY_NET_S = 10.0  # with the server pushing, a live fragment's own timer: 1-1.5x this (x2 for the charts), per tab
 
+
 @dataclass(frozen=True)
 class RunView:
     """A run and its epoch rows as of one moment (run.epoch == len(epochs) unless the store disagrees)."""

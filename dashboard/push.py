@@ -115,14 +115,8 @@ class Pusher:
               pace: Callable[[int], float] | None = None) -> None:
         """Called from a fragment that drew `topic` as `shown` (urgent part, paced part): rerun it when `latest()`'s
         urgent part differs, and when its paced part differs and `pace(watching sessions)` seconds have passed."""
-        if not self.available:
-            return
-        try:
-            here = self._here()
-        except Exception:  # noqa: BLE001 - Streamlit's internals moved: the timers serve
-            self.available = False
-            return
-        if here is None:  # not inside a fragment
+        here = self._where()
+        if here is None:
             return
         now = time.monotonic()
         with self._lock:
@@ -134,10 +128,20 @@ class Pusher:
 
     def leave(self) -> None:
         """Called from a fragment that no longer shows anything live: the server stops rerunning it."""
-        if self.available:
-            here = self._here()
+        here = self._where()
+        if here is not None:
             with self._lock:
                 self._watchers.pop(here, None)
+
+    def _where(self) -> tuple[str, str] | None:
+        """(session, fragment) of the fragment running this code; None outside a fragment or without pushes."""
+        if not self.available:
+            return None
+        try:
+            return self._here()
+        except Exception:  # noqa: BLE001 - Streamlit's internals moved: the timers serve
+            self.available = False
+            return None
 
     def _loop(self) -> None:
         while self.available:
