@@ -12,9 +12,10 @@ shows (from live.SharedReads: no extra store reads) every POLL_S seconds and rer
 
 * at once when its urgent part moved (a run's epochs recorded and status), and
 * when its paced part moved (progress, step points) and its pace has passed since it last drew: the pace is
-  set from the number of watching sessions at every look (more watchers: slower), the most overdue first, a
-  few per look (so that a class's redraws are spread over the pace, not fired together), and not within
-  QUIET_S of an urgent push (the browsers are drawing the epoch) unless overdue twice over.
+  set from the number of watching sessions at every look (more watchers: slower), the most overdue first, at
+  most CATCH_UP times the steady rate of all paced redraws (so that a class's redraws, and a backlog such as
+  every chart's first step points, are spread over time, not fired together), and not within QUIET_S of an
+  urgent push (the browsers are drawing the epoch) unless a whole pace overdue.
 
 The fragments' own timers stay as a slow safety net (a push lost in a full rerun). Where Streamlit's internals
 differ (another version), `Pusher.available` is False and the timers alone serve, at the paces of a lone watcher.
@@ -23,7 +24,6 @@ differ (another version), `Pusher.available` is False and the timers alone serve
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -33,7 +33,8 @@ _LOG = logging.getLogger(__name__)
 
 POLL_S = 0.1  # seconds between looks at the shared reads (each look is in memory; a read is at most live.READ_TTL old)
 FORGET_S = 60.0  # a fragment not run for this long (its tab closed or moved on; its safety-net timer is shorter)
-QUIET_S = 0.5  # after an urgent push, paced redraws wait this long (unless overdue twice over)
+QUIET_S = 0.5  # after an urgent push, paced redraws wait this long (unless a whole pace overdue)
+CATCH_UP = 1.5  # paced redraws go out at up to this many times their steady rate (a backlog drains, never in a burst)
 
 
 class _Always:
@@ -60,6 +61,7 @@ class Watcher:
     pace: Callable[[int], float] | None  # watching sessions -> seconds between paced redraws (None: urgent only)
     drawn_at: float  # when it last drew, or was pushed
     seen_at: float  # when its fragment last ran
+    moved_at: float | None = None  # when its paced part first differed from what it drew (None: it has not)
 
 
 def _streamlit_hooks():
@@ -106,6 +108,7 @@ class Pusher:
         self._watchers: dict[tuple[str, str], Watcher] = {}  # (session, fragment) -> what it shows
         self._latest: dict[Hashable, Callable[[], State]] = {}  # topic -> how to read what it should show now
         self._quiet_until = 0.0
+        self._credit = 0.0  # paced redraws this look may send (fractions carry over)
         self._thread: threading.Thread | None = None
         hooks = _streamlit_hooks()
         self.available = hooks is not None
@@ -161,18 +164,24 @@ class Pusher:
             elif w.pace is not None:
                 pace = w.pace(sessions)
                 rate += self.poll_s / pace
-                late = (now - w.drawn_at) / pace
-                if late >= 1 and w.shown[1] != now_shows[1]:
-                    paced.append((late, key, w))
+                if w.shown[1] == now_shows[1]:
+                    continue
+                if w.moved_at is None:
+                    w.moved_at = now
+                due_at = max(w.drawn_at + pace, w.moved_at)  # not before its pace, nor before it had news
+                if now >= due_at:
+                    paced.append(((now - due_at) / pace, key, w))
         if urgent:
             self._quiet_until = now + QUIET_S
-        if now < self._quiet_until:  # the browsers are drawing an epoch: only what is overdue twice over
-            paced = [p for p in paced if p[0] >= 2]
-        paced.sort(key=lambda p: -p[0])
-        budget = max(1, math.ceil(2 * rate))  # twice the steady rate of paced redraws a look: spread, catching up
-        due = urgent + [(key, w) for _, key, w in paced[:budget]]
-        for _, w in due:
-            w.shown, w.drawn_at = latest[w.topic], now  # once per change: the rerun re-registers with what it drew
+        if now < self._quiet_until:  # the browsers are drawing an epoch: only what is a whole pace overdue
+            paced = [p for p in paced if p[0] >= 1]
+        paced.sort(key=lambda p: -p[0])  # the most overdue first
+        self._credit = min(self._credit + CATCH_UP * rate, max(1.0, CATCH_UP * rate))
+        sent = min(len(paced), int(self._credit))
+        self._credit -= sent
+        due = urgent + [(key, w) for _, key, w in paced[:sent]]
+        for _, w in due:  # once per change: the rerun re-registers with what it drew
+            w.shown, w.drawn_at, w.moved_at = latest[w.topic], now, None
         return [key for key, _ in due]
 
     def tick(self) -> None:
