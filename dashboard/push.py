@@ -58,7 +58,7 @@ State = tuple[Hashable, object]  # (urgent part, paced part) of what a fragment 
 class Watcher:
     topic: Hashable  # what the fragment shows (e.g. a run's status line): one read of it serves all its watchers
     shown: State  # what the tab drew last (or was last pushed to draw)
-    pace: Callable[[int], float] | None  # watching sessions -> seconds between paced redraws (None: urgent only)
+    pace: Callable[[int], float]  # watching sessions -> seconds between paced redraws
     drawn_at: float  # when it last drew, or was pushed
     seen_at: float  # when its fragment last ran
     moved_at: float | None = None  # when its paced part first differed from what it drew (None: it has not)
@@ -115,7 +115,7 @@ class Pusher:
         self._here, self._rerun = hooks if hooks else (None, None)
 
     def watch(self, topic: Hashable, shown: State, latest: Callable[[], State],
-              pace: Callable[[int], float] | None = None) -> None:
+              pace: Callable[[int], float]) -> None:
         """Called from a fragment that drew `topic` as `shown` (urgent part, paced part): rerun it when `latest()`'s
         urgent part differs, and when its paced part differs and `pace(watching sessions)` seconds have passed."""
         here = self._where()
@@ -161,16 +161,16 @@ class Pusher:
             now_shows = latest[w.topic]
             if w.shown[0] != now_shows[0]:
                 urgent.append((key, w))
-            elif w.pace is not None:
-                pace = w.pace(sessions)
-                rate += self.poll_s / pace
-                if w.shown[1] == now_shows[1]:
-                    continue
-                if w.moved_at is None:
-                    w.moved_at = now
-                due_at = max(w.drawn_at + pace, w.moved_at)  # not before its pace, nor before it had news
-                if now >= due_at:
-                    paced.append(((now - due_at) / pace, key, w))
+                continue
+            pace = w.pace(sessions)
+            rate += self.poll_s / pace
+            if w.shown[1] == now_shows[1]:
+                continue
+            if w.moved_at is None:
+                w.moved_at = now
+            due_at = max(w.drawn_at + pace, w.moved_at)  # not before its pace, nor before it had news
+            if now >= due_at:
+                paced.append(((now - due_at) / pace, key, w))
         if urgent:
             self._quiet_until = now + QUIET_S
         if now < self._quiet_until:  # the browsers are drawing an epoch: only what is a whole pace overdue
