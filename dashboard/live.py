@@ -23,6 +23,7 @@ import push
 import streamlit as st
 import svgchart
 
+from core import estimate
 from core.runs import Run, RunStore
 
 STEP_POINTS = 600  # step points a live chart draws at most (the store thins longer runs)
@@ -151,8 +152,9 @@ def status_shows(view: RunView) -> push.State:
     """What a run's status line shows: (at once) its epochs and status; (at its pace) where in the epoch it is, a
     stop asked for and its step points, or, queued, its place and estimate (which move with the clock)."""
     run = view.run
-    if run.status == "queued":
-        return moved(view), push.ALWAYS
+    if run.status == "queued":  # its place and start as worded (they move with the clock and the class's queue)
+        place = estimate.entry_of(lab.class_queue(), run.id)
+        return moved(view), place and (place.position, estimate.describe(place.starts_in), estimate.clock(place.starts_in))
     return moved(view), (run.epoch, run.batch, run.stop_requested, len(view.steps))
 
 
@@ -173,6 +175,24 @@ def follow(view: RunView, part: str, again: bool = False) -> None:
     shown = shows(view)
     pusher.watch((store.url, run_id, part), (shown[0], None) if again else shown,
                  lambda: shows(shared.view(store, run_id)), pace)
+
+
+def queue_shows(entries: list[estimate.QueueEntry]) -> push.State:
+    """What the queue's list says (at the charts' pace): each run, its place, a stop asked for, and its estimates as
+    they are worded (to the second under 90 s, then to the minute and the clock): a list whose words have not
+    moved is not redrawn."""
+    return (), tuple((e.run.id, e.position, e.run.stop_requested, estimate.describe(e.starts_in),
+                      estimate.describe(e.ends_in), estimate.clock(e.starts_in) if e.position else None)
+                     for e in entries)
+
+
+def follow_queue(entries: list[estimate.QueueEntry]) -> None:
+    """From the fragment drawing the queue's list (`entries`): the server reruns it at the charts' pace when what it
+    says moved (the class's shared read of the queue: lab.class_queue); not once the queue is empty."""
+    if entries:
+        pusher.watch((lab.store().url, "queue"), queue_shows(entries), lambda: queue_shows(lab.class_queue()), chart_pace)
+    else:
+        pusher.leave()
 
 
 def follow_clock(name: str, on: bool = True) -> None:

@@ -15,7 +15,7 @@ shows (from live.SharedReads: no extra store reads) every POLL_S seconds and rer
   set from the number of watching sessions at every look (more watchers: slower), the most overdue first, at
   most CATCH_UP times the steady rate of all paced redraws (so that a class's redraws, and a backlog such as
   every chart's first step points, are spread over time, not fired together), and not within QUIET_S of an
-  urgent push (the browsers are drawing the epoch) unless a whole pace overdue.
+  urgent push (the browsers are drawing the epoch; longer when many were pushed) unless a whole pace overdue.
 
 The fragments' own timers stay as a slow safety net (a push lost in a full rerun). Where Streamlit's internals
 differ (another version), `Pusher.available` is False and the timers alone serve, at the paces of a lone watcher.
@@ -33,7 +33,8 @@ _LOG = logging.getLogger(__name__)
 
 POLL_S = 0.1  # seconds between looks at the shared reads (each look is in memory; a read is at most live.READ_TTL old)
 FORGET_S = 60.0  # a fragment not run for this long (its tab closed or moved on; its safety-net timer is shorter)
-QUIET_S = 0.5  # after an urgent push, paced redraws wait this long (unless a whole pace overdue)
+QUIET_S = 0.5  # after an urgent push, paced redraws wait this long (unless a whole pace overdue)...
+QUIET_PER_PUSH_S = 0.04  # ...or this long per fragment pushed, when longer: a browser's CPU time to draw one rerun
 CATCH_UP = 1.5  # paced redraws go out at up to this many times their steady rate (a backlog drains, never in a burst)
 
 
@@ -171,8 +172,8 @@ class Pusher:
             due_at = max(w.drawn_at + pace, w.moved_at)  # not before its pace, nor before it had news
             if now >= due_at:
                 paced.append(((now - due_at) / pace, key, w))
-        if urgent:
-            self._quiet_until = now + QUIET_S
+        if urgent:  # every tab of a class draws the epoch first (on one machine: ~40 ms of CPU each)
+            self._quiet_until = max(self._quiet_until, now + max(QUIET_S, QUIET_PER_PUSH_S * len(urgent)))
         if now < self._quiet_until:  # the browsers are drawing an epoch: only what is a whole pace overdue
             paced = [p for p in paced if p[0] >= 1]
         paced.sort(key=lambda p: -p[0])  # the most overdue first

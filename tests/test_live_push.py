@@ -87,3 +87,53 @@ def test_sessions_that_never_answer_their_timers_see_every_epoch_at_once_and_pro
         # and once the run has ended, the whole page (its Plotly charts, Resume or Delete) without a timer
         assert any(ENDED in data for t, data in got if t >= seen[EPOCHS]), f"the page was not drawn again after the end {log}"
 
+
+
+QUEUE_LIST = rb"run (\d+) queued #(\d+), starts in"  # the queue list's caption (Train.active_runs)
+QUEUED_LINE = b"in the queue; starts in"  # a queued run's status line
+
+
+def test_a_queue_is_redrawn_when_what_it_says_moves_not_at_every_pace(tmp_path):
+    """A queued run's status line and the queue's list say where the runs stand and when they start: the server
+    pushes them again when those words move (another run joins the queue), not at every pace while they stand
+    still (before: the list every CHART_S and the status line every REFRESH_S, whatever it said)."""
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = RunStore(db)
+    env = {**os.environ, "MNIST_LAB_DB": db, "MNIST_LAB_LOCAL_SLOTS": "1"}
+    first = store.create_run(TrainConfig(model="Model2", epochs=1))  # this process is its live creator: it stays queued
+    store.create_run(TrainConfig(model="Model2", epochs=1))  # so the first's place and start stand still
+    proc, base = start_streamlit(ROOT, env, tmp_path)
+    url = base.replace("http://", "ws://") + "/_stcore/stream"
+    frames: list[tuple[float, bytes]] = []
+    marks: dict[str, float] = {}
+
+    async def watch() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(session(url, f"run={first}", {}, stop, [0], timers_on=False, frames=frames))
+        try:
+            deadline = time.monotonic() + 60
+            while not any(re.search(QUEUE_LIST, d) for _, d in frames) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)  # the first page's last messages
+            marks["still"] = time.time()
+            await asyncio.sleep(8.0)  # more than two of the list's paces (live.CHART_S) and eight of the status line's
+            marks["moved"] = time.time()
+            store.create_run(TrainConfig(model="Model2", epochs=1))  # a third run joins: the list now says more
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not any(
+                    t > marks["moved"] and b"queued #2" in d and b"run 3 queued" in d for t, d in frames):
+                await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await asyncio.gather(task)
+
+    try:
+        asyncio.run(watch())
+    finally:
+        stop_server(proc)
+    log = f"(server log: {tmp_path}/streamlit.log)"
+    assert marks, f"the page never showed the queue {log}"
+    still = [d for t, d in frames if marks["still"] <= t < marks["moved"]]
+    redrawn = [d for d in still if re.search(QUEUE_LIST, d) or QUEUED_LINE in d]
+    assert not redrawn, f"redrawn {len(redrawn)} time(s) in 8 s though nothing it says moved {log}"
+    assert any(t > marks["moved"] and b"run 3 queued" in d for t, d in frames), f"the list never showed run 3 {log}"
