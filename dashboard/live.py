@@ -196,8 +196,8 @@ def follow_queue(entries: list[estimate.QueueEntry]) -> None:
 
 
 def follow_clock(name: str, on: bool = True) -> None:
-    """From a fragment whose content moves with the clock while `on` (the queue's estimates while it has runs, a
-    live run's layer health): the server reruns it at the charts' pace; not once it is off."""
+    """From a fragment whose content moves with the clock while `on` (a live run's layer health, read from the store
+    when drawn): the server reruns it at the charts' pace; not once it is off."""
     if on:
         pusher.watch((lab.store().url, name), ((), push.ALWAYS), lambda: ((), push.ALWAYS), chart_pace)
     else:
