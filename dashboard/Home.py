@@ -60,6 +60,7 @@ def home() -> None:
 
 def main() -> None:
     st.set_page_config(page_title="MNIST CNN lab", page_icon=":material/neurology:", layout="wide")
+    lab.page_style()  # progress bars jump rather than glide: cheaper for a class's browsers
     lab.identity_bar()  # who is signed in, when the lab runs for a class (core.identity)
     pages = [
         st.Page(home, title="Home", icon=":material/home:", default=True),
