@@ -1,9 +1,10 @@
-"""What one browser tab on a live run costs its own main thread: a measurement, not a test.
+"""What one browser tab on a live run costs the browser: a measurement, not a test.
 
 Serves the project (`streamlit run dashboard/Home.py`, loopback) over a fresh store, opens one Chromium tab on
 /Train?run=1, trains a long small run (Model2, 3,000 images an epoch: an epoch every ~0.5 s on this machine),
 and after a warm-up reads Chromium's own counters (CDP `Performance.getMetrics`) over a window: main-thread
-task, script, layout and style time. docs/scaling.md ("Session 7") got its per-rerun costs by running it on
+task, script, layout and style time; and, from /proc, the CPU time of all of Chromium's processes (compositing
+and rasterising too). docs/scaling.md ("Session 7") got its per-rerun costs by running it on
 checkouts with the live timers turned off one by one (`--root`, e.g. CHART_S or REFRESH_S set to 1e6 in
 dashboard/live.py of a `git worktree`): the differences are what the charts' and the status line's timers cost.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.load_tabs import ARGS, CHROMIUM, start_server, start_trainer  # noqa: E402
+from tests.load_tabs import ARGS, CHROMIUM, browser_cpu, start_server, start_trainer  # noqa: E402
 
 METRICS = ("TaskDuration", "ScriptDuration", "LayoutDuration", "RecalcStyleDuration")
 
@@ -55,16 +56,18 @@ def main() -> int:
             def metrics() -> dict:
                 return {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
 
-            before, epochs_before = metrics(), len(store.epochs(run_id))
+            others = {server.pid, trainer.pid}  # the rest of this script's descendants: Chromium (and Playwright)
+            before, epochs_before, cpu_before = metrics(), len(store.epochs(run_id)), browser_cpu(others)
             page.wait_for_timeout(a.seconds * 1000)
-            after, epochs_after = metrics(), len(store.epochs(run_id))
+            after, epochs_after, cpu_after = metrics(), len(store.epochs(run_id)), browser_cpu(others)
             browser.close()
     finally:
         if trainer:
             trainer.kill()
         server.terminate()
     print(f"{a.root}: {epochs_after - epochs_before} epochs pushed in {a.seconds:.0f} s; main thread (s): "
-          + ", ".join(f"{k} {after[k] - before[k]:.3f}" for k in METRICS))
+          + ", ".join(f"{k} {after[k] - before[k]:.3f}" for k in METRICS)
+          + f"; all browser processes (CPU s, /proc) {cpu_after - cpu_before:.2f}")
     return 0
 
 
