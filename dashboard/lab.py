@@ -124,7 +124,7 @@ def current_user() -> User | None:
 
 # Streamlit animates every move of a progress bar for 0.5 s (a CSS transform transition): ~30 frames drawn per
 # update, which on a live page (the bar moves at each epoch and every few seconds between) was about a quarter of
-# a watching tab's browser CPU (tests/profile_tab.py: 3.1-3.2 s -> 2.4 s over 20 s of an epoch every 0.5 s). The
+# a watching tab's browser CPU (tests/profile_tab.py: 3.1-3.3 s -> 2.3-2.5 s over 20 s of an epoch every 0.5 s). The
 # bar jumps instead. Sent with every page, as style only (no space taken).
 STYLE = "<style>[data-testid='stProgressBarTrack'] > div { transition: none !important; }</style>"
 

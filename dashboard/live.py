@@ -154,7 +154,7 @@ def status_shows(view: RunView) -> push.State:
     run = view.run
     if run.status == "queued":  # its place and start as worded (they move with the clock and the class's queue)
         place = estimate.entry_of(lab.class_queue(), run.id)
-        return moved(view), place and (place.position, estimate.describe(place.starts_in), estimate.clock(place.starts_in))
+        return moved(view), place and queue_words(place)
     return moved(view), (run.epoch, run.batch, run.stop_requested, len(view.steps))
 
 
@@ -177,13 +177,17 @@ def follow(view: RunView, part: str, again: bool = False) -> None:
                  lambda: shows(shared.view(store, run_id)), pace)
 
 
+def queue_words(e: estimate.QueueEntry) -> tuple:
+    """What the page says of a run in the queue: its place, a stop asked for, and its estimates as they are worded
+    (to the second under 90 s, then to the minute, and the clock it starts at): words that have not moved are not
+    drawn again."""
+    return (e.run.id, e.position, e.run.stop_requested, estimate.describe(e.starts_in), estimate.describe(e.ends_in),
+            estimate.clock(e.starts_in) if e.position else None)
+
+
 def queue_shows(entries: list[estimate.QueueEntry]) -> push.State:
-    """What the queue's list says (at the charts' pace): each run, its place, a stop asked for, and its estimates as
-    they are worded (to the second under 90 s, then to the minute and the clock): a list whose words have not
-    moved is not redrawn."""
-    return (), tuple((e.run.id, e.position, e.run.stop_requested, estimate.describe(e.starts_in),
-                      estimate.describe(e.ends_in), estimate.clock(e.starts_in) if e.position else None)
-                     for e in entries)
+    """What the queue's list says (at the charts' pace): its runs' words, in order."""
+    return (), tuple(queue_words(e) for e in entries)
 
 
 def follow_queue(entries: list[estimate.QueueEntry]) -> None:

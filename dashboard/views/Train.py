@@ -291,7 +291,7 @@ def active_runs(current: int | None) -> None:
     shows it (and puts it in the URL). With identity on: the user's own, unless the class's are asked for
     (positions are always in the whole class's queue)."""
     entries = lab.class_queue()
-    live.follow_queue(entries)  # its estimates move with the clock
+    live.follow_queue(entries)  # redrawn when what it says moves (places, estimates as worded)
     user = lab.current_user()
     owner = lab.listed_owner("queue-class")
     if owner is not None:
