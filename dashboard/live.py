@@ -15,6 +15,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lab
@@ -190,22 +191,25 @@ def queue_shows(entries: list[estimate.QueueEntry]) -> push.State:
     return (), tuple(queue_words(e) for e in entries)
 
 
+def _follow_at_chart_pace(name: str, shown: push.State | None, latest: Callable[[], push.State]) -> None:
+    """From a fragment that drew `shown` (None: nothing live any more): the server reruns it at the charts' pace when
+    `latest()` differs; not once it shows nothing live."""
+    if shown is None:
+        pusher.leave()
+    else:
+        pusher.watch((lab.store().url, name), shown, latest, chart_pace)
+
+
 def follow_queue(entries: list[estimate.QueueEntry]) -> None:
     """From the fragment drawing the queue's list (`entries`): the server reruns it at the charts' pace when what it
     says moved (the class's shared read of the queue: lab.class_queue); not once the queue is empty."""
-    if entries:
-        pusher.watch((lab.store().url, "queue"), queue_shows(entries), lambda: queue_shows(lab.class_queue()), chart_pace)
-    else:
-        pusher.leave()
+    _follow_at_chart_pace("queue", queue_shows(entries) if entries else None, lambda: queue_shows(lab.class_queue()))
 
 
 def follow_clock(name: str, on: bool = True) -> None:
     """From a fragment whose content moves with the clock while `on` (a live run's layer health, read from the store
     when drawn): the server reruns it at the charts' pace; not once it is off."""
-    if on:
-        pusher.watch((lab.store().url, name), ((), push.ALWAYS), lambda: ((), push.ALWAYS), chart_pace)
-    else:
-        pusher.leave()
+    _follow_at_chart_pace(name, ((), push.ALWAYS) if on else None, lambda: ((), push.ALWAYS))
 
 
 GHOST = "rgba(120,120,120,0.45)"

@@ -2,16 +2,15 @@
 
 Starts `streamlit run dashboard/Home.py` on a loopback port over a fresh run store, opens N tabs of Debian's
 Chromium on /Train?run=1, then trains a small real run (Model2, 12,000 images an epoch by default: an epoch every
-~3 s here beside 20 tabs, against ~13 s for the full 60,000 and 15-20 s for Model3's recipe) into that
-store. `--train-limit 3000` (the default until session 11; epochs 1.0-1.6 s apart) is the stress case: there 20
-tabs on this 2-core machine must each draw an epoch a second, at the edge of what their ~1.3 cores can
-(docs/scaling.md). Each tab notes, in the page itself, when its "N epoch(s) recorded" caption first shows each
-epoch and every change of its progress line; this script polls the store for the time each epoch row appears. Reports, per tab, the lag
-of each epoch (shown - written; and delivered - written, when the caption's message reached the page's
-websocket, before the browser rendered it: noted in the page, not relayed out through the browser's
-debugging protocol, which with 20 tabs cost the shared cores a share of their time), the longest wait
-between two progress updates, and the CPU of the server (and its RSS) and of the browser, from /proc (the
-browser shares the machine).
+~3 s here beside 20 tabs, against ~13 s for the full 60,000 and 15-20 s for Model3's recipe) into that store.
+`--train-limit 3000` (the default until session 11; epochs 1.0-1.6 s apart) is the stress case: there 20 tabs on
+this 2-core machine must each draw an epoch a second, at the edge of what their ~1.3 cores can (docs/scaling.md).
+Each tab notes, in the page itself, when its "N epoch(s) recorded" caption first shows each epoch and every change
+of its progress line; this script polls the store for the time each epoch row appears. Reports, per tab, the lag of
+each epoch (shown - written; and delivered - written, when the caption's message reached the page's websocket,
+before the browser rendered it: noted in the page, not relayed out through the browser's debugging protocol, which
+with 20 tabs cost the shared cores a share of their time), the longest wait between two progress updates, and the
+CPU of the server (and its RSS) and of the browser, from /proc (the browser shares the machine).
 
     MNIST_ROOT=/work/shared .venv/bin/python tests/load_tabs.py --tabs 20 --json before.json
     ... --root /tmp/other-checkout   # serve another checkout of the project (e.g. the previous commit)

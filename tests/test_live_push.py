@@ -82,11 +82,11 @@ def test_sessions_that_never_answer_their_timers_see_every_epoch_at_once_and_pro
         # ... and the charts' new step points (every live.CHART_S), never faster than their pace
         pictures = [t for t, data in got if t > started and CHARTS in data]  # three a redraw, one message each
         charts = [t for i, t in enumerate(pictures) if i == 0 or t - pictures[i - 1] > 0.5]
-        assert len(charts) >= 2, f"charts pushed {len(charts)} time(s) while training, at {[round(t - started, 2) for t in charts]}; epochs shown at {epochs_at} {log}"
+        at = [round(t - started, 2) for t in charts]
+        assert len(charts) >= 2, f"charts pushed {len(charts)} time(s) while training, at {at}; epochs shown at {epochs_at} {log}"
         assert len(charts) <= (seen[EPOCHS] - started) / 3.0 + 2, f"charts pushed {len(charts)} times {log}"
         # and once the run has ended, the whole page (its Plotly charts, Resume or Delete) without a timer
         assert any(ENDED in data for t, data in got if t >= seen[EPOCHS]), f"the page was not drawn again after the end {log}"
-
 
 
 QUEUE_LIST = rb"run (\d+) queued #(\d+), starts in"  # the queue list's caption (Train.active_runs)
